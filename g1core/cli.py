@@ -1,0 +1,166 @@
+"""The ``g1`` command line. Each subcommand calls the library; nothing here holds logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("g1")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'840x640' -> (840, 640) as (height, width); '112' -> (112, 112)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"screen size is HEIGHTxWIDTH, e.g. 840x640, got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"screen size is HEIGHTxWIDTH, e.g. 840x640, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _games(arg: list[str]) -> list[str]:
+    from g1core.gym import GAMES
+
+    return list(GAMES) if arg == ["all"] else arg
+
+
+def _policy(args):
+    from g1core.gym.policies import make_policy
+
+    kwargs = {"seed": args.policy_seed}
+    if args.policy == "oracle":
+        kwargs["skill"] = args.skill
+    return make_policy(args.policy, **kwargs)
+
+
+def cmd_gym_play(args) -> int:
+    from g1core.gym.protocol import play
+
+    results = []
+    for game in _games(args.game):
+        result = play(game, _policy(args), args.runs, args.steps, args.seed, progress=not args.json)
+        results.append(result)
+        if args.json:
+            print(json.dumps(result.to_dict()))
+    if not args.json:
+        print(
+            f"{'game':<22}{'policy':<12}{'score':>16}{'unreadable':>12}{'illegal':>9}{'format':>8}{'percept':>9}"
+        )
+        for r in results:
+            print(
+                f"{r.game:<22}{r.policy:<12}{r.mean:>9.1f} ± {r.std:<5.1f}{r.unreadable_rate:>12.0%}"
+                f"{r.illegal_rate:>9.0%}{r.format_rate:>8.0%}{r.perception_exact_rate:>9.0%}"
+            )
+    return 0
+
+
+def cmd_gym_show(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from g1core.gym import make
+
+    env = make(args.game, screen_size=args.screen)
+    frame = env.reset(seed=args.seed)[0]
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.episode:
+        Image.fromarray(frame).save(out)
+        print(env.text_observation())
+        log.info("wrote %s", out)
+        return 0
+    policy = _policy(args)
+    frames = [Image.fromarray(frame)]
+    for _ in range(args.steps):
+        action = env.parse_action(policy.replies([env])[0])
+        if action is None:
+            action = env.random_action(np.random.default_rng(len(frames)))
+        frame, _, terminated, _, _ = env.step(action)
+        frames.append(Image.fromarray(frame))
+        if terminated:
+            break
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(1000 / args.fps), loop=0)
+    log.info("wrote %s (%d frames, score %s)", out, len(frames), env.score)
+    return 0
+
+
+def cmd_gym_bench(args) -> int:
+    from g1core.gym import bench
+
+    for game in _games(args.game):
+        result = bench.run(game, seconds=args.seconds)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"{result['game']:<22} env steps/s {result['env_steps_per_s']:>8.0f}   "
+                f"score_group {result['score_group_ms']:>6.2f} ms   "
+                f"sample_states {result['sample_states_s']:.3f} s"
+            )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="g1", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    top = parser.add_subparsers(dest="command", required=True)
+
+    gym = top.add_parser("gym", help="VLM-Gym: play, show and benchmark the games").add_subparsers(
+        dest="gym_command", required=True
+    )
+
+    def policy_args(p):
+        p.add_argument("--policy", choices=["random", "oracle"], default="random")
+        p.add_argument("--skill", type=float, default=1.0, help="oracle only: chance of the oracle's move")
+        p.add_argument("--policy-seed", type=int, default=0)
+
+    play = gym.add_parser("play", help="score a policy under the paper's evaluation protocol")
+    play.add_argument("--game", nargs="+", default=["all"], help="game names (or game:knob=value), or 'all'")
+    policy_args(play)
+    play.add_argument("--runs", type=int, default=10)
+    play.add_argument("--steps", type=int, default=100)
+    play.add_argument("--seed", type=int, default=0, help="run i starts from reset(seed + i)")
+    play.add_argument("--json", action="store_true", help="one JSON object per game")
+    play.set_defaults(fn=cmd_gym_play)
+
+    show = gym.add_parser("show", help="write a game's screen as PNG, or a whole episode as GIF")
+    show.add_argument("--game", required=True)
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("-o", "--output", required=True)
+    show.add_argument("--screen", type=_size, default=(840, 640), help="HEIGHTxWIDTH (default 840x640)")
+    show.add_argument("--episode", action="store_true", help="play an episode and write an animated GIF")
+    show.add_argument("--steps", type=int, default=100)
+    show.add_argument("--fps", type=float, default=4.0)
+    policy_args(show)
+    show.set_defaults(fn=cmd_gym_show, policy="oracle")
+
+    bench = gym.add_parser("bench", help="speed of the envs, scoring and state sampling (spec section 8)")
+    bench.add_argument("--game", nargs="+", default=["all"])
+    bench.add_argument("--seconds", type=float, default=2.0, help="time spent stepping each game")
+    bench.add_argument("--json", action="store_true", help="one JSON object per game")
+    bench.set_defaults(fn=cmd_gym_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

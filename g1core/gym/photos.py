@@ -1,0 +1,121 @@
+"""Photo tiles for Shisen-Sho-Cifar10: CIFAR-10 from a user's copy, or a default set needing no download.
+
+- ``load_cifar10(path)`` reads the standard "CIFAR-10 python version" folder (``cifar-10-batches-py``
+  with ``batches.meta`` and pickled ``test_batch`` / ``data_batch_*`` files) -- the paper's tiles.
+- ``load_digits()`` is the offline default: scikit-learn's bundled copy of the UCI handwritten digits
+  (10 classes, ~180 different 8x8 scans each, CC BY 4.0), read straight from the installed package's
+  data file. CIFAR-10 itself cannot be fetched where this project is built and tested, so tests and CI
+  use the digits; give ``tiles=<path to cifar-10-batches-py>`` for the real thing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import logging
+import pickle
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .render import BOARD_BG
+from .tiles import TileSet, empty_sprite
+
+log = logging.getLogger(__name__)
+
+PHOTOS_PER_CLASS = 32  # pictures kept per class: a board shows 4 different ones of each of its classes
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+class PhotoTiles(TileSet):
+    """Kinds are classes; variants are different photos of the class."""
+
+    def __init__(self, names: tuple[str, ...], photos: np.ndarray, source: str):
+        if photos.ndim != 5 or photos.shape[-1] != 3 or photos.shape[0] != len(names):
+            raise ValueError(f"photos must be (classes, per_class, h, w, 3), got {photos.shape}")
+        if photos.shape[1] < 4:
+            raise ValueError(f"{source}: need at least 4 different photos per class, got {photos.shape[1]}")
+        self.names = tuple(names)
+        self.photos = photos
+        self.variants = photos.shape[1]
+        self.source = source
+        self._sprites: dict[tuple[int, int], np.ndarray] = {}
+
+    def sprite(self, code: int, cell: int) -> np.ndarray:
+        if code == 0:
+            return empty_sprite(cell)
+        key = (code, cell)
+        if key not in self._sprites:
+            photo = self.photos[self.kind(code), self.variant(code)]
+            gap = max(1, cell // 16)
+            inner = Image.fromarray(photo).resize((cell - 2 * gap, cell - 2 * gap), Image.Resampling.BILINEAR)
+            tile = Image.new("RGB", (cell, cell), BOARD_BG)
+            tile.paste(inner, (gap, gap))
+            self._sprites[key] = np.asarray(tile, dtype=np.uint8)
+        return self._sprites[key]
+
+
+def _by_class(images: np.ndarray, labels: np.ndarray, n_classes: int, source: str) -> np.ndarray:
+    picked = []
+    for k in range(n_classes):
+        idx = np.flatnonzero(labels == k)[:PHOTOS_PER_CLASS]
+        if len(idx) < 4:
+            raise ValueError(f"{source}: class {k} has {len(idx)} images, need at least 4")
+        picked.append(idx)
+    per_class = min(len(i) for i in picked)
+    return np.stack([images[i[:per_class]] for i in picked])
+
+
+@lru_cache(maxsize=8)
+def load_cifar10(path: str) -> PhotoTiles:
+    """CIFAR-10 in its standard python-batch format, from a folder the user gives."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"CIFAR-10 folder {folder} does not exist; pass the 'cifar-10-batches-py' folder of the "
+            "python version of CIFAR-10, or tiles='digits' for the offline default"
+        )
+    meta = folder / "batches.meta"
+    batches = [folder / "test_batch", *sorted(folder.glob("data_batch_*"))]
+    batches = [b for b in batches if b.is_file()]
+    if not meta.is_file() or not batches:
+        raise FileNotFoundError(f"{folder} has no batches.meta and test_batch/data_batch_* files of CIFAR-10")
+    with meta.open("rb") as f:
+        names = tuple(
+            n.decode() if isinstance(n, bytes) else str(n)
+            for n in pickle.load(f, encoding="bytes")[b"label_names"]
+        )
+    with batches[0].open("rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = np.asarray(batch[b"labels"])
+    log.info("loaded CIFAR-10 tiles from %s (%d images in %s)", folder, len(data), batches[0].name)
+    return PhotoTiles(names, _by_class(data, labels, len(names), str(folder)), f"cifar10:{folder}")
+
+
+def _digits_file() -> Path:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the default Shisen-Sho-Cifar10 tiles come from scikit-learn's digits; install scikit-learn "
+            "or pass tiles=<path to cifar-10-batches-py>"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+
+
+@lru_cache(maxsize=1)
+def load_digits() -> PhotoTiles:
+    """The offline default: scikit-learn's handwritten digits, 8x8 grey scans shown as RGB tiles."""
+    with gzip.open(_digits_file(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    grey = (table[:, :64].reshape(-1, 8, 8) * (255 / 16)).round().astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    labels = table[:, 64].astype(int)
+    return PhotoTiles(DIGIT_NAMES, _by_class(rgb, labels, 10, "digits"), "digits")
+
+
+def load_tiles(tiles: str) -> PhotoTiles:
+    """``"digits"`` (offline default) or a path to CIFAR-10's python-batch folder."""
+    return load_digits() if tiles == "digits" else load_cifar10(str(tiles))

@@ -1,0 +1,59 @@
+"""Reward components, small pure functions registered by name, and their weighted total.
+
+Each component reads the model's reply, the ground-truth text observation of the state it answered,
+and the outcome of executing its move (None when the move could not be read). The training reward is
+``sum(weight[name] * component(...))``; the paper's main runs use game 1, format 1, perception 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from . import answer
+from .base import Outcome
+
+RewardFn = Callable[[str, str, Outcome | None], float]
+REWARDS: dict[str, RewardFn] = {}
+PAPER_WEIGHTS: Mapping[str, float] = {"game": 1.0, "format": 1.0, "perception": 0.0}
+
+
+def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    def add(fn: RewardFn) -> RewardFn:
+        REWARDS[name] = fn
+        return fn
+
+    return add
+
+
+@register("game")
+def game_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
+    """GR: the game's shaped reward for the move; an unreadable move counts as an illegal one (-1)."""
+    return -1.0 if outcome is None else float(outcome.reward)
+
+
+@register("format")
+def format_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
+    """FR: 1 when the reply is exactly the three tag blocks, once each and in order."""
+    return 1.0 if answer.is_well_formed(reply) else 0.0
+
+
+@register("perception")
+def perception_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
+    """PR: 1 when the ground-truth board text appears verbatim in the perception block."""
+    return 1.0 if answer.perception_matches(reply, truth) else 0.0
+
+
+def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    unknown = set(weights) - set(REWARDS)
+    if unknown:
+        raise ValueError(f"unknown reward component(s) {sorted(unknown)}; known: {sorted(REWARDS)}")
+    return {name: float(w) for name, w in weights.items()}
+
+
+def components(reply: str, truth: str, outcome: Outcome | None, names=None) -> dict[str, float]:
+    """Every registered component (or those in ``names``), each logged on its own."""
+    return {name: REWARDS[name](reply, truth, outcome) for name in (names or REWARDS)}
+
+
+def total(parts: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    return sum(w * parts[name] for name, w in weights.items())
