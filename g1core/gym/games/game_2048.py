@@ -148,6 +148,11 @@ class Game2048Env(GridGameEnv):
         cell = empty[int(self.np_random.integers(len(empty)))]
         self.board.flat[cell] = 1 if self.np_random.random() < SPAWN_TWO_P else 2
 
+    def random_actions(self, rng: np.random.Generator, n: int) -> list[int]:
+        """Random *moves* are the four directions (Still is a pass), as in the paper's random baseline
+        and RL warm-up; this is what reproduces its random score of ~700."""
+        return rng.integers(4, size=n).tolist()
+
     def _coerce_action(self, action: Action) -> int:
         try:
             a = int(action)
