@@ -127,6 +127,11 @@ class GridGameEnv(gym.Env):
         """A strong move read from the true state, with a one-line honest reason."""
         raise NotImplementedError
 
+    # evaluation protocol (spec section 7): how a run's score is read from its moves, and what an
+    # unreadable reply does -- "illegal" (nothing moves) or "random" (a random move is played instead)
+    protocol_score: ClassVar[str] = "legal_count"  # or "raw_sum", "legal_percent"
+    unreadable_move: ClassVar[str] = "illegal"
+
     # text grid format: rows joined by "\n", cells by ``cell_sep``; cells padded by ``cell_pad``
     cell_sep: ClassVar[str] = "|"
     cell_pad: ClassVar[str] = " "

@@ -2,7 +2,8 @@
 
 Scores: 2048 = sum of raw merge rewards over the steps; Shisen-Sho(-Cifar10) = pairs removed (a run
 stops at the episode's end); Swap = legal swaps per 100 steps. An unreadable reply is a random move in
-2048 and an illegal move in the pair games.
+2048 and an illegal move in the pair games. Each game says which (``protocol_score``,
+``unreadable_move``).
 """
 
 from __future__ import annotations
@@ -70,9 +71,8 @@ def play(
     ``screen_size`` matters only to policies that look at the screen.
     """
     spec = GameSpec.parse(game)
-    rule = SCORE_RULES[spec.game]
-    unreadable = UNREADABLE_RULES.get(spec.game, "illegal")
     pool = EnvPool([spec], num_envs=runs, screen_size=screen_size)
+    rule, unreadable = pool.envs[0].protocol_score, pool.envs[0].unreadable_move
     pool.reset(seed)
     raw = np.zeros(runs, dtype=np.int64)
     legal = np.zeros(runs, dtype=np.int64)

@@ -106,7 +106,8 @@ def tile_sprite(exponent: int, cell: int) -> np.ndarray:
 class Game2048Env(GridGameEnv):
     name = "2048"
     title = "2048"
-    state_fields = ("board", "score", "moves", "terminated")
+    protocol_score = "raw_sum"  # the sum of merge rewards over the run
+    unreadable_move = "random"
 
     def __init__(self, size: int = 4, screen_size=PAPER_SCREEN, render_mode: str | None = "rgb_array"):
         if int(size) < 2:

@@ -70,6 +70,7 @@ class SwapEnv(GridGameEnv):
     cell_sep = " | "
     cell_pad = ""
     max_reshuffles = 1000
+    protocol_score = "legal_percent"  # legal swaps per 100 steps
 
     def __init__(
         self,
@@ -113,20 +114,42 @@ class SwapEnv(GridGameEnv):
         self.board = self._deal()
 
     def _deal(self) -> np.ndarray:
-        rng, n, k = self.np_random, self.size, len(self.tiles)
-        while True:
-            board = np.zeros((n, n), dtype=np.int16)
-            for r in range(n):
-                for c in range(n):
-                    banned = set()
-                    if c >= 2 and board[r, c - 1] == board[r, c - 2]:
-                        banned.add(int(board[r, c - 1]))
-                    if r >= 2 and board[r - 1, c] == board[r - 2, c]:
-                        banned.add(int(board[r - 1, c]))
-                    allowed = [code for code in range(1, k + 1) if code not in banned]
-                    board[r, c] = allowed[int(rng.integers(len(allowed)))]
+        """A random board with no line of three and at least one legal swap."""
+        for attempt in range(200):
+            board = self._deal_without_lines()
             if legal_swap_mask(board).any():
                 return board
+            if attempt >= 20 and self._plant_move(board):  # many kinds on a small board: make a move
+                return board
+        raise RuntimeError(f"swap: could not deal a {self.size}x{self.size} board with a legal move")
+
+    def _deal_without_lines(self) -> np.ndarray:
+        rng, n, k = self.np_random, self.size, len(self.tiles)
+        board = np.zeros((n, n), dtype=np.int16)
+        for r in range(n):
+            for c in range(n):
+                banned = set()
+                if c >= 2 and board[r, c - 1] == board[r, c - 2]:
+                    banned.add(int(board[r, c - 1]))
+                if r >= 2 and board[r - 1, c] == board[r - 2, c]:
+                    banned.add(int(board[r - 1, c]))
+                allowed = [code for code in range(1, k + 1) if code not in banned]
+                board[r, c] = allowed[int(rng.integers(len(allowed)))]
+        return board
+
+    def _plant_move(self, board: np.ndarray) -> bool:
+        """Make ``x x . / . . x`` somewhere (one swap from a line) without making a line; True if done."""
+        rng, n = self.np_random, self.size
+        for _ in range(100):
+            r, c = int(rng.integers(n)), int(rng.integers(n - 2))
+            r2 = r + 1 if r + 1 < n else r - 1
+            code = 1 + int(rng.integers(len(self.tiles)))
+            trial = board.copy()
+            trial[r, c] = trial[r, c + 1] = trial[r2, c + 2] = code
+            if trial[r, c + 2] != code and not match_mask(trial).any():
+                board[...] = trial
+                return True
+        return False
 
     def _reshuffle(self) -> None:
         tiles = self.board.reshape(-1)
@@ -147,20 +170,24 @@ class SwapEnv(GridGameEnv):
             return -1, -1.0, False
         board = self.board.copy()
         board[r1, c1], board[r2, c2] = board[r2, c2], board[r1, c1]
-        mask = match_mask(board)
-        if not mask.any():
+        waves = self._cascade(board)
+        if not waves:
             return -1, -1.0, False
-        raw = 0
-        while mask.any():
-            removed = int(mask.sum())
-            raw += removed * (removed - 1)
-            board[mask] = 0
-            self._collapse_and_refill(board)
-            mask = match_mask(board)
         self.board = board
         if not legal_swap_mask(board).any():
             self._reshuffle()
-        return raw, 1.0, True
+        return sum(n * (n - 1) for n in waves), 1.0, True
+
+    def _cascade(self, board: np.ndarray) -> list[int]:
+        """Remove lines, let tiles fall and refill, until no line is left: the tiles removed per wave."""
+        waves = []
+        mask = match_mask(board)
+        while mask.any():
+            waves.append(int(mask.sum()))
+            board[mask] = 0
+            self._collapse_and_refill(board)
+            mask = match_mask(board)
+        return waves
 
     def _collapse_and_refill(self, board: np.ndarray) -> None:
         n = self.size

@@ -1,0 +1,97 @@
+"""The photo variant: tiles match by class, the 4 tiles of a class are different photos, CIFAR-10 loading."""
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import make_small
+
+from g1core.gym import photos
+
+
+def test_four_different_photos_per_class():
+    env = make_small("shisen-sho-cifar10")
+    for seed in range(10):
+        env.reset(seed=seed)
+        kinds = (env.board.astype(int) - 1) // env.tiles.variants
+        assert len(np.unique(kinds)) == 9
+        for k in np.unique(kinds):
+            codes = env.board[kinds == k]
+            assert len(codes) == 4 and len(set(codes.tolist())) == 4  # same class, different pictures
+
+
+def test_tiles_match_by_class_not_by_picture():
+    env = make_small("shisen-sho-cifar10")
+    env.reset(seed=0)
+    pairs = env.legal_actions()
+    assert pairs
+    r1, c1, r2, c2 = pairs[0]
+    assert env.board[r1, c1] != env.board[r2, c2]  # different photos ...
+    assert env.tiles.kind(int(env.board[r1, c1])) == env.tiles.kind(int(env.board[r2, c2]))  # ... one class
+    assert env.apply(pairs[0]).legal
+
+
+def test_text_names_classes():
+    env = make_small("shisen-sho-cifar10")
+    env.reset(seed=0)
+    cells = {c.strip() for row in env.text_observation().split("\n") for c in row.split("|")}
+    assert cells <= set(photos.DIGIT_NAMES)
+    assert env.text_observation().startswith(" ") and " | " in env.text_observation()
+
+
+def test_set_board_gives_different_photos_per_class():
+    env = make_small("shisen-sho-cifar10")
+    env.reset(seed=0)
+    text = env.text_observation()
+    other = make_small("shisen-sho-cifar10")
+    other.set_board(text)
+    assert other.text_observation() == text
+    kinds = (other.board.astype(int) - 1) // other.tiles.variants
+    for k in np.unique(kinds):
+        assert len(set(other.board[kinds == k].tolist())) == 4
+
+
+def write_cifar(
+    folder,
+    per_class=5,
+    names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+):
+    """A small folder in CIFAR-10's own python-batch format (the format users download)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    labels = [k for k in range(len(names)) for _ in range(per_class)]
+    data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names]}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+    return data, labels
+
+
+def test_cifar10_folder(tmp_path):
+    data, labels = write_cifar(tmp_path / "cifar-10-batches-py")
+    env = make_small("shisen-sho-cifar10", tiles=str(tmp_path / "cifar-10-batches-py"))
+    env.reset(seed=0)
+    assert env.tiles.names[0] == "airplane" and env.tiles.variants == 5
+    # the first photo of class 0 is the first image labelled 0, channels last
+    assert np.array_equal(env.tiles.photos[0, 0], data[0].reshape(3, 32, 32).transpose(1, 2, 0))
+    cells = {c.strip() for row in env.text_observation().split("\n") for c in row.split("|")}
+    assert cells <= set(env.tiles.names)
+    assert env.render().shape == (112, 112, 3)
+    assert env.difficulty == {"size": 6, "tiles": str(tmp_path / "cifar-10-batches-py")}
+
+
+def test_cifar10_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_small("shisen-sho-cifar10", tiles=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="batches.meta"):
+        make_small("shisen-sho-cifar10", tiles=str(tmp_path / "empty"))
+    write_cifar(tmp_path / "few", per_class=3)
+    with pytest.raises(ValueError, match="at least 4"):
+        make_small("shisen-sho-cifar10", tiles=str(tmp_path / "few"))
+
+
+def test_board_too_big_for_the_classes():
+    with pytest.raises(ValueError, match="tile kinds"):
+        make_small("shisen-sho-cifar10", size=8)
