@@ -44,7 +44,9 @@ def cmd_gym_play(args) -> int:
 
     results = []
     for game in _games(args.game):
-        result = play(game, _policy(args), args.runs, args.steps, args.seed, progress=not args.json)
+        result = play(
+            game, _policy(args), args.runs, args.steps, args.seed, args.screen, progress=not args.json
+        )
         results.append(result)
         if args.json:
             print(json.dumps(result.to_dict()))
@@ -65,8 +67,10 @@ def cmd_gym_show(args) -> int:
     from PIL import Image
 
     from g1core.gym import make
+    from g1core.gym.pool import GameSpec
 
-    env = make(args.game, screen_size=args.screen)
+    spec = GameSpec.parse(args.game)
+    env = make(spec.game, screen_size=args.screen, **spec.knobs)
     frame = env.reset(seed=args.seed)[0]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--runs", type=int, default=10)
     play.add_argument("--steps", type=int, default=100)
     play.add_argument("--seed", type=int, default=0, help="run i starts from reset(seed + i)")
+    play.add_argument("--screen", type=_size, default=(840, 640), help="screen HEIGHTxWIDTH the policy sees")
     play.add_argument("--json", action="store_true", help="one JSON object per game")
     play.set_defaults(fn=cmd_gym_play)
 
     show = gym.add_parser("show", help="write a game's screen as PNG, or a whole episode as GIF")
-    show.add_argument("--game", required=True)
+    show.add_argument("--game", required=True, help="a game name, or game:knob=value,...")
     show.add_argument("--seed", type=int, default=0)
     show.add_argument("-o", "--output", required=True)
     show.add_argument("--screen", type=_size, default=(840, 640), help="HEIGHTxWIDTH (default 840x640)")

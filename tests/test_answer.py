@@ -24,6 +24,7 @@ GAMES_AND_SIZES = [("2048", 4), ("shisen-sho", 6), ("swap", 8)]
         ("<answer>(0, 1) (2, 3) (4, 5)</answer>", None),
         ("<answer>(0, 6) (2, 3)</answer>", None),  # off the 6x6 board
         ("<answer>(-1, 0) (2, 3)</answer>", None),
+        ("<answer>(\u0660, \u0661) (\u0662, \u0663)</answer>", None),
         ("<think>(0, 1) (2, 3)</think>", None),  # tags but no answer block
         ("<answer>(0, 1) (2, 3)", None),  # unclosed
         ("", None),
@@ -47,6 +48,9 @@ def test_cell_pairs(reply, expect):
         ("<answer>1 or 2</answer>", None),
         ("<answer>up or down</answer>", None),
         ("<answer>2.5</answer>", None),
+        ("<answer>2.</answer>", 2),
+        ("<answer>Action 1.</answer>", 1),
+        ("<answer>\u0663</answer>", None),  # only ASCII digits
         ("<answer>99999999999999999999999</answer>", None),
         ("<answer></answer>", None),
     ],
@@ -61,7 +65,8 @@ def test_well_formed():
     assert answer.is_well_formed("  " + good + "\n")
     assert not answer.is_well_formed("<think>t</think><perception>p</perception><answer>1</answer>")
     assert not answer.is_well_formed("<perception>p</perception><answer>1</answer>")
-    assert not answer.is_well_formed("hello " + good)
+    assert answer.is_well_formed("Sure. " + good + " Done.")  # text outside the blocks is allowed
+    assert not answer.is_well_formed("<answer>0</answer>" + good)
     assert not answer.is_well_formed(good + good)
     assert not answer.is_well_formed(
         "<perception>p<think>t</think></perception><think>t</think><answer>1</answer>"
@@ -75,6 +80,16 @@ def test_perception_checks():
     assert answer.perception_matches(answer.compose(truth + "\n(extra)", "t", "1"), truth)
     assert not answer.perception_exact(answer.compose(truth + "\n(extra)", "t", "1"), truth)
     assert not answer.perception_matches("<answer>1</answer> " + truth, truth)  # must be in the block
+
+
+def test_format_check_is_fast_on_long_repetitive_replies():
+    import time
+
+    looping = answer.compose(" 2 | - ", "t", "0") * 400 + "<perception>"
+    start = time.perf_counter()
+    assert not answer.is_well_formed(looping)
+    assert not answer.is_well_formed("<perception>" + "</perception><think></think><answer>" * 800)
+    assert time.perf_counter() - start < 0.5  # was cubic: ~26 s for the second reply
 
 
 @settings(max_examples=300, deadline=None)

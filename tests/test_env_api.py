@@ -96,6 +96,27 @@ def test_state_is_picklable_and_loads_into_a_fresh_env(game):
     assert play_random(other, 50, 5) == play_random(env, 50, 5)
 
 
+def test_states_compare_and_hash_by_content(game):
+    env = make_small(game)
+    env.reset(seed=3)
+    a, b = env.get_state(), env.get_state()
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    env.apply(env.legal_actions()[0])
+    assert env.get_state() != a
+
+
+def test_actions_must_be_whole_numbers(game):
+    env = make_small(game)
+    env.reset(seed=0)
+    bad = 2.7 if game == "2048" else (0.9, 0, 0, 1.5)
+    with pytest.raises(ValueError, match="action"):
+        env.step(bad)
+    with pytest.raises(ValueError):
+        env.step("3" if game == "2048" else ("0", "0", "0", "1"))
+    with pytest.raises(ValueError):
+        env.step(7 if game == "2048" else (0, 0, 0, 99))
+
+
 def test_state_refuses_another_game_or_difficulty():
     env = make_small("shisen-sho")
     env.reset(seed=0)

@@ -112,6 +112,16 @@ def test_text_format():
     assert env.text_observation().split("\n")[2] == " - | - | - | 1024 "
 
 
+def test_largest_storable_tile_still_merges():
+    top = 1 << 126
+    env = env_with([[top, top], [0, 0]])
+    assert env.apply(LEFT).raw_reward == 1 << 127
+    with pytest.raises(ValueError, match="too large"):
+        env_with([[1 << 127, 0], [0, 0]])
+    with pytest.raises(ValueError, match="empty board"):
+        env_with([[0, 0], [0, 0]])
+
+
 @pytest.mark.parametrize("bad", ["3", "x", "1", "0"])
 def test_set_board_rejects_non_tiles(bad):
     env = make_small("2048")

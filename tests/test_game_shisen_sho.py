@@ -172,3 +172,33 @@ def test_oracle_clears_the_paper_board():
 
     result = play("shisen-sho", OraclePolicy(), runs=3, steps=100, progress=False)
     assert result.scores == [18.0, 18.0, 18.0] and result.illegal_rate == 0.0
+
+
+def test_safe_pairs_are_taken_without_search():
+    from g1core.gym.games.shisen_sho import _safe_pair, legal_pairs
+
+    env = env_with([[R, R, G, 0], [B, 0, G, B], [Y, Y, Y, Y], [G, G, 0, 0]])
+    pairs = legal_pairs(env.board, env.tiles.kind)
+    safe = _safe_pair(env.board, env.tiles.kind, pairs)
+    assert safe == (0, 0, 0, 1)  # the last two reds
+    # four yellows in a row: two disjoint legal pairs, so taking one is safe
+    env = env_with([[G, B, G, B], [B, G, B, G], [Y, Y, Y, Y], [0, 0, 0, 0]])
+    pairs = legal_pairs(env.board, env.tiles.kind)
+    assert _safe_pair(env.board, env.tiles.kind, pairs)[0] == 2
+
+
+def test_oracle_clears_bigger_boards_and_names_the_tiles():
+    for seed in range(3):
+        env = make_small("shisen-sho", size=8)
+        env.reset(seed=seed)
+        removed = 0
+        while not env.terminated:
+            action, why = env.oracle()
+            assert env.tiles.name(int(env.board[action[0], action[1]])) in why
+            removed += env.apply(action).legal
+        assert removed == 32 and not env.board.any()
+
+
+def test_prompt_lists_the_tile_names():
+    prompt = make_small("shisen-sho", size=4, colours=3, shapes=2).prompt
+    assert "Red, Green, Blue;" in prompt and "circle, square)" in prompt and "Yellow" not in prompt

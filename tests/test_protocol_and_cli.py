@@ -84,6 +84,14 @@ def test_cli_show_png_and_gif(tmp_path, capsys):
     assert img.n_frames == 6 and img.size == (112, 112)
 
 
+def test_cli_takes_difficulty_knobs(tmp_path, capsys):
+    png = tmp_path / "big.png"
+    assert main(["gym", "show", "--game", "shisen-sho:size=16,colours=16", "-o", str(png)]) == 0
+    assert len(capsys.readouterr().out.strip().split("\n")) == 16
+    assert main(["gym", "play", "--game", "2048:size=16", "--runs", "1", "--steps", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["game"] == "2048:size=16"
+
+
 def test_cli_bench_json(capsys):
     assert main(["gym", "bench", "--game", "2048", "--seconds", "0.2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -11,9 +11,7 @@ import re
 TAGS = ("perception", "think", "answer")
 
 _BLOCK = {tag: re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL) for tag in TAGS}
-_WELL_FORMED = re.compile(
-    r"\s*<perception>(.*?)</perception>\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL
-)
+_ORDER = tuple(f"<{edge}{tag}>" for tag in TAGS for edge in ("", "/"))
 _ANY_TAG = re.compile(r"</?(?:perception|think|answer)>")
 
 
@@ -24,10 +22,14 @@ def block(text: str, tag: str) -> str | None:
 
 
 def is_well_formed(text: str) -> bool:
-    """True when the three tag pairs appear once each, in order, with nothing but white space outside."""
-    if _WELL_FORMED.fullmatch(text) is None:
+    """True when the three tag pairs each appear exactly once, in the order perception, think, answer.
+
+    Text outside the blocks (a leading "Sure," say) is allowed; the check is linear in the reply's length.
+    """
+    if any(text.count(tag) != 1 for tag in _ORDER):
         return False
-    return all(text.count(f"<{t}>") == 1 and text.count(f"</{t}>") == 1 for t in TAGS)
+    positions = [text.index(tag) for tag in _ORDER]
+    return positions == sorted(positions)
 
 
 def answer_text(text: str) -> str | None:
@@ -61,8 +63,8 @@ def compose(perception: str, think: str, answer: str) -> str:
     return f"<perception>\n{perception}\n</perception>\n<think>{think}</think>\n<answer>{answer}</answer>"
 
 
-_PAIR = re.compile(r"\(\s*([+-]?\d{1,9})\s*,\s*([+-]?\d{1,9})\s*\)")
-_INT = re.compile(r"(?<![\w.])[+-]?\d+(?![\w.])")
+_PAIR = re.compile(r"\(\s*([+-]?[0-9]{1,9})\s*,\s*([+-]?[0-9]{1,9})\s*\)")
+_INT = re.compile(r"(?<![\w.])[+-]?[0-9]+(?!\w|\.[0-9])")  # "2" and "2." but not "2.5" or "x2"
 
 
 def parse_cell_pair(text: str, rows: int, cols: int) -> tuple[int, int, int, int] | None:

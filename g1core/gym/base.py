@@ -8,6 +8,7 @@ one tile. Everything else -- ``step``/``reset``, rendering only when a frame is 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -30,7 +31,7 @@ class Outcome(NamedTuple):
     terminated: bool  # the episode is over after this move
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GameState:
     """A complete, picklable snapshot of one env: which game, its fields, and its RNG."""
 
@@ -43,6 +44,18 @@ class GameState:
     def board(self) -> np.ndarray:
         return self.fields[0]
 
+    def _key(self) -> tuple:
+        fields = tuple(
+            v.tobytes() + str(v.shape).encode() if isinstance(v, np.ndarray) else v for v in self.fields
+        )
+        return self.game, self.difficulty, fields, repr(self.rng)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GameState) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
 
 class GridGameEnv(gym.Env):
     """Base class of the board games. Subclasses set ``name``, ``title`` and the hooks below."""
@@ -50,6 +63,7 @@ class GridGameEnv(gym.Env):
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 2}
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    prompt_version: ClassVar[int] = 1  # bump when a game's prompt wording changes (data sets record it)
     # Attributes that make up the state besides the RNG; the board comes first.
     state_fields: ClassVar[tuple[str, ...]] = ("board", "score", "moves", "terminated")
 
@@ -241,9 +255,9 @@ class GridGameEnv(gym.Env):
     def _coerce_cell_pair(self, action: Action) -> tuple[int, int, int, int]:
         try:
             try:
-                r1, c1, r2, c2 = map(int, action)
+                r1, c1, r2, c2 = map(operator.index, action)
             except TypeError:  # e.g. a 2x2 array of cells
-                r1, c1, r2, c2 = (int(v) for v in np.asarray(action).reshape(-1))
+                r1, c1, r2, c2 = map(operator.index, np.asarray(action).reshape(-1))
         except (TypeError, ValueError):
             raise ValueError(f"{self.name}: an action is (r1, c1, r2, c2), got {action!r}") from None
         if not (0 <= r1 < self.rows and 0 <= r2 < self.rows and 0 <= c1 < self.cols and 0 <= c2 < self.cols):

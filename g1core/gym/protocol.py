@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from . import answer
 from .policies import Policy
 from .pool import EnvPool, GameSpec
+from .render import PAPER_SCREEN
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def play(
     runs: int = 10,
     steps: int = 100,
     seed: int = 0,
-    screen_size: tuple[int, int] = (112, 112),
+    screen_size: tuple[int, int] = PAPER_SCREEN,
     progress: bool = True,
 ) -> ProtocolResult:
     """Play ``runs`` fresh boards (seeds ``seed .. seed+runs-1``) for up to ``steps`` moves each.

@@ -9,6 +9,7 @@ A move is *legal* when it changes the board (Still never does).
 
 from __future__ import annotations
 
+import operator
 from functools import lru_cache
 
 import numpy as np
@@ -156,8 +157,8 @@ class Game2048Env(GridGameEnv):
 
     def _coerce_action(self, action: Action) -> int:
         try:
-            a = int(action)
-        except (TypeError, ValueError):
+            a = operator.index(action)
+        except TypeError:
             raise ValueError(f"2048: an action is an int in 0..4, got {action!r}") from None
         if not 0 <= a <= 4:
             raise ValueError(f"2048: an action is an int in 0..4, got {action!r}")
@@ -187,9 +188,14 @@ class Game2048Env(GridGameEnv):
         if value < 2 or value & (value - 1):
             raise ValueError(f"2048: cell value {value} is not a power of two >= 2")
         exponent = value.bit_length() - 1
-        if exponent > 127:
+        if exponent > 126:  # the board stores exponents as int8; a merge adds one
             raise ValueError(f"2048: cell value {value} is too large")
         return exponent
+
+    def _validate_board(self, board: np.ndarray) -> np.ndarray:
+        if not board.any():
+            raise ValueError("2048: an empty board cannot occur (every move that changes it adds a tile)")
+        return board
 
     def _sprite(self, code: int, cell: int) -> np.ndarray:
         return tile_sprite(code, cell)

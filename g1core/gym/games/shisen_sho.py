@@ -129,7 +129,12 @@ class ShisenShoEnv(GridGameEnv):
 
     @property
     def tile_description(self) -> str:
-        return "coloured shapes; each cell is written ' <Colour> <shape> ' (for example ' Red circle ')"
+        colours = ", ".join(COLOURS[c][0] for c in range(self.colours))
+        shapes = ", ".join(SHAPES[: self.shapes])
+        return (
+            f"coloured shapes (colours: {colours}; shapes: {shapes}); two tiles match when both colour and "
+            "shape are the same. Write each cell as ' <Colour> <shape> ' (for example ' Red circle ')"
+        )
 
     @property
     def prompt(self) -> str:
@@ -220,6 +225,9 @@ class ShisenShoEnv(GridGameEnv):
         pairs = self.legal_actions()
         if not pairs:
             return (0, 0, 0, 1), "No pair can be joined any more, so any move is illegal."
+        safe = _safe_pair(self.board, self.tiles.kind, pairs)
+        if safe is not None:
+            return safe, self._reason(safe, "and taking them cannot block any other pair")
         budget = [self.oracle_budget]
         seen: dict[bytes, bool] = {}
         for pair in pairs:
@@ -227,7 +235,9 @@ class ShisenShoEnv(GridGameEnv):
                 return pair, self._reason(pair, "and the rest of the board can still be cleared")
             if budget[0] <= 0:
                 break
-        return pairs[0], self._reason(pairs[0], "(no pair that keeps the board clearable was found)")
+        # search ran out: keep as many pairs open as possible
+        best = max(pairs, key=lambda p: len(legal_pairs(_without(self.board, p), self.tiles.kind)))
+        return best, self._reason(best, "and this leaves the most pairs open")
 
     def _reason(self, pair: Pair, tail: str) -> str:
         r1, c1, r2, c2 = pair
@@ -242,17 +252,50 @@ def _without(board: np.ndarray, pair: Pair) -> np.ndarray:
     return b
 
 
+def _safe_pair(board: np.ndarray, kind_of, pairs: list[Pair]) -> Pair | None:
+    """A legal pair whose removal can never make the board unclearable, if there is one.
+
+    Removing tiles only opens paths. So taking the last two tiles of a kind is always safe, and so is
+    taking one of two disjoint legal pairs that cover all four tiles of a kind (the other stays legal).
+    """
+    counts: dict[int, int] = defaultdict(int)
+    for code in board[board > 0].tolist():
+        counts[kind_of(code)] += 1
+    by_kind: dict[int, list[Pair]] = defaultdict(list)
+    for p in pairs:
+        kind = kind_of(int(board[p[0], p[1]]))
+        if counts[kind] == 2:
+            return p
+        by_kind[kind].append(p)
+    for kind_pairs in by_kind.values():
+        for p, q in combinations(kind_pairs, 2):
+            if len({p[:2], p[2:], q[:2], q[2:]}) == 4:
+                return p
+    return None
+
+
 def _clearable(board: np.ndarray, kind_of, seen: dict[bytes, bool], budget: list[int]) -> bool:
-    """Depth-first search for a sequence of legal pairs that empties the board, within ``budget`` boards."""
-    if not board.any():
-        return True
+    """Depth-first search for a sequence of legal pairs that empties the board, within ``budget`` boards.
+
+    Safe pairs are taken without branching; only the risky choices are searched.
+    """
     key = board.tobytes()
     if key in seen:
         return seen[key]
     if budget[0] <= 0:
         return False
     budget[0] -= 1
-    result = any(_clearable(_without(board, p), kind_of, seen, budget) for p in legal_pairs(board, kind_of))
+    pairs = legal_pairs(board, kind_of)
+    while pairs:
+        safe = _safe_pair(board, kind_of, pairs)
+        if safe is None:
+            break
+        board = _without(board, safe)
+        pairs = legal_pairs(board, kind_of)
+    if not board.any():
+        result = True
+    else:
+        result = any(_clearable(_without(board, p), kind_of, seen, budget) for p in pairs)
     if budget[0] > 0 or result:
         seen[key] = result
     return result

@@ -99,7 +99,8 @@ class SwapEnv(GridGameEnv):
     def prompt(self) -> str:
         n = self.size
         return (
-            f"You are playing Swap, a match-3 game, on a {n}x{n} board of coloured shapes. Swap two "
+            f"You are playing Swap, a match-3 game, on a {n}x{n} board of coloured shapes "
+            f"({', '.join(self.tiles.names)}). Swap two "
             "neighbouring tiles (sharing an edge) so that three or more identical tiles line up in a row "
             "or column; they vanish, the tiles above fall and new ones drop in. A swap that lines nothing "
             "up is undone and costs a point.\n"
