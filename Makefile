@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check g1core tests
 	$(BIN)/ruff format --check g1core tests
+
+# Re-pin every version in constraints.txt from what the .venv holds now.
+lock: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze | grep -v -E '^(-e |g1==|g1 @)' | sed 's/+cpu$$//'; } > constraints.lock
+	mv constraints.lock constraints.txt
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis
