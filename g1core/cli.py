@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from importlib import import_module
 from pathlib import Path
 
 log = logging.getLogger("g1")
@@ -110,6 +111,69 @@ def cmd_gym_bench(args) -> int:
     return 0
 
 
+def _config_args(p) -> None:
+    p.add_argument("--config", default="local-tiny", help="a YAML file or a preset (local-tiny, g1-paper)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. distill.states_per_game=10 (repeatable)",
+    )
+
+
+def _run_id(args) -> str:
+    import time
+
+    return args.run_id or time.strftime("local-%Y%m%d-%H%M%S")
+
+
+def cmd_stage(args) -> int:
+    from g1core.config import load_config
+    from g1core.stages import run_stage
+
+    cfg = load_config(args.config, args.overrides)
+    uri = run_stage(args.stage, cfg, _run_id(args), output_uri=args.output)
+    print(uri)
+    return 0
+
+
+def cmd_pipeline_compile(args) -> int:
+    from pipelines.compile import compile_all
+
+    for path in compile_all(args.out):
+        print(path)
+    return 0
+
+
+def cmd_pipeline_run(args) -> int:
+    if not args.local:
+        raise ValueError("only --local runs are started from here; use 'g1 pipeline submit' for a cluster")
+    from pipelines.local import run_local
+
+    print(run_local(args.config, args.overrides, args.work_dir))
+    return 0
+
+
+def cmd_pipeline_submit(args) -> int:
+    import kfp
+
+    from g1core.config import config_to_json, load_config
+    from pipelines.g1_pipeline import g1_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    run = client.create_run_from_pipeline_func(
+        g1_pipeline,
+        arguments={"config_json": config_to_json(cfg)},
+        experiment_name=args.experiment,
+        run_name=args.run_name or cfg.name,
+    )
+    print(run.run_id)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="g1", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -150,6 +214,40 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=2.0, help="time spent stepping each game")
     bench.add_argument("--json", action="store_true", help="one JSON object per game")
     bench.set_defaults(fn=cmd_gym_bench)
+
+    for stage, text in (
+        ("distill", "teacher distillation: the cold-start data set"),
+        ("evaluate", "score players under the paper's protocol, with a report"),
+    ):
+        p = top.add_parser(stage, help=text)
+        _config_args(p)
+        p.add_argument("--run-id", help="pipeline run id (groups the stages in MLflow); default: a timestamp")
+        p.add_argument("--output", help="output URI (default: <artifact root>/<name>/<run id>/<stage>)")
+        p.set_defaults(fn=cmd_stage, stage=stage)
+
+    pipe = top.add_parser("pipeline", help="compile, run locally, or submit the Kubeflow pipeline")
+    pipe_cmds = pipe.add_subparsers(dest="pipeline_command", required=True)
+    comp = pipe_cmds.add_parser("compile", help="write the IR YAML and Kubernetes manifests")
+    comp.add_argument("--out", default=None, help="folder (default: pipelines/compiled)")
+    comp.set_defaults(fn=cmd_pipeline_compile)
+    run = pipe_cmds.add_parser("run", help="run the whole DAG on this machine with kfp.local")
+    run.add_argument("--local", action="store_true", help="required: run here, not on a cluster")
+    run.add_argument("--work-dir", default=None, help="where artifacts, MLflow and KFP outputs go")
+    _config_args(run)
+    run.set_defaults(fn=cmd_pipeline_run)
+    sub = pipe_cmds.add_parser("submit", help="start a run on a Kubeflow Pipelines server")
+    sub.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
+    sub.add_argument("--namespace", default=None)
+    sub.add_argument("--experiment", default="g1")
+    sub.add_argument("--run-name", default=None)
+    _config_args(sub)
+    sub.set_defaults(fn=cmd_pipeline_submit, config="g1-paper")
+
+    for module in ("g1core.models.tiny", "g1core.stack"):
+        try:
+            import_module(module).register_cli(top)
+        except ModuleNotFoundError as err:  # an optional part that is not installed
+            log.debug("no %s commands: %s", module, err)
     return parser
 
 
@@ -162,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, OSError) as err:
         log.error("%s", err)
         return 2
 

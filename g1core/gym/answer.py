@@ -58,6 +58,16 @@ def perception_exact(text: str, truth: str) -> bool:
     return content is not None and content.strip("\r\n") == truth.strip("\r\n")
 
 
+def with_perception(text: str, truth: str) -> str:
+    """The reply with its (last) perception block replaced by the exact board text -- G1's
+    perception-enhanced cold start. A reply without a perception block is returned unchanged."""
+    spans = [m.span(1) for m in _BLOCK["perception"].finditer(text)]
+    if not spans:
+        return text
+    start, end = spans[-1]
+    return text[:start] + "\n" + truth + "\n" + text[end:]
+
+
 def compose(perception: str, think: str, answer: str) -> str:
     """Write a well-formed three-tag answer."""
     return f"<perception>\n{perception}\n</perception>\n<think>{think}</think>\n<answer>{answer}</answer>"

@@ -8,6 +8,7 @@ action (and says it is guessing), which simulates weaker teachers.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,16 +24,37 @@ class Policy:
         raise NotImplementedError
 
 
+def state_rngs(envs: Sequence[GridGameEnv], seed: int, salt: int) -> list[np.random.Generator]:
+    """One generator per env, drawn from (seed, the env's exact state, its repeat count in this batch).
+
+    A policy's random choices then depend only on what it is shown: the same state gets the same
+    answers whatever the batching, and a resumed run repeats an uninterrupted one exactly. The k-th
+    copy of a state in one batch (K answers per state) gets its own stream.
+    """
+    seen: dict[bytes, int] = {}
+    rngs = []
+    for env in envs:
+        key = hashlib.blake2b(repr(env.get_state()._key()).encode(), digest_size=8).digest()
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        rngs.append(np.random.default_rng([int(seed), salt, int.from_bytes(key, "little"), k]))
+    return rngs
+
+
 class RandomPolicy(Policy):
     """Uniform over each env's action space; answers with the move only."""
 
     name = "random"
 
     def __init__(self, seed: int = 0):
-        self.rng = np.random.default_rng([int(seed), 0x4A4D])
+        self.seed = int(seed)
 
     def replies(self, envs: Sequence[GridGameEnv]) -> list[str]:
-        return [f"<answer>{env.format_action(env.random_action(self.rng))}</answer>" for env in envs]
+        rngs = state_rngs(envs, self.seed, 0x4A4D)
+        return [
+            f"<answer>{env.format_action(env.random_action(rng))}</answer>"
+            for env, rng in zip(envs, rngs, strict=True)
+        ]
 
 
 class OraclePolicy(Policy):
@@ -42,19 +64,21 @@ class OraclePolicy(Policy):
         if not 0.0 <= float(skill) <= 1.0:
             raise ValueError(f"skill must be in [0, 1], got {skill}")
         self.skill = float(skill)
-        self.rng = np.random.default_rng([int(seed), 0x0AC1])
+        self.seed = int(seed)
         self.name = "oracle" if self.skill == 1.0 else f"oracle@{self.skill:g}"
 
-    def reply(self, env: GridGameEnv) -> str:
-        if self.skill >= 1.0 or self.rng.random() < self.skill:
+    def reply(self, env: GridGameEnv, rng: np.random.Generator) -> str:
+        if self.skill >= 1.0 or rng.random() < self.skill:
             action, why = env.oracle()
         else:
-            action = env.random_action(self.rng)
+            action = env.random_action(rng)
             why = "I cannot find a good move here, so I am guessing."
         return answer.compose(env.text_observation(), why, env.format_action(action))
 
     def replies(self, envs: Sequence[GridGameEnv]) -> list[str]:
-        return [self.reply(env) for env in envs]
+        return [
+            self.reply(env, rng) for env, rng in zip(envs, state_rngs(envs, self.seed, 0x0AC1), strict=True)
+        ]
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {"random": RandomPolicy, "oracle": OraclePolicy}

@@ -12,6 +12,7 @@ Scoring never draws a frame: states stay symbolic, and images are drawn only whe
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,9 +72,14 @@ def _literal(text: str) -> Any:
     return text
 
 
-def state_seed(seed: int, index: int) -> int:
-    """The seed of the index-th state of a sample drawn with ``seed`` (stable across versions)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint32)[0])
+def state_seed(seed: int, index: int, stream: str = "") -> int:
+    """The seed of the index-th state of a sample drawn with ``seed`` (stable across versions).
+
+    ``stream`` (e.g. a game spec) gives each game its own sequence, so adding a game to a mix does not
+    change the states drawn for the others.
+    """
+    entropy = [int(seed), int(index)] + ([zlib.crc32(stream.encode())] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
 
 
 @dataclass

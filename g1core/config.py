@@ -1,0 +1,290 @@
+"""Typed configs: one per stage, every field with a default and a line saying why.
+
+A config file (YAML) holds the whole pipeline; each stage reads its own section. ``load_config`` applies
+``--set key=value`` overrides and validates everything before any work starts, so a typo or a bad value
+fails at once with the field's dotted name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .gym import GAMES
+from .gym.pool import GameSpec
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every bad field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_games(games: Any) -> list[str]:
+    if isinstance(games, str):
+        games = [games]
+    if not isinstance(games, list | tuple) or not games:
+        raise ValueError("a non-empty list of games is needed")
+    games = [str(g) for g in games]  # YAML reads a bare 2048 as a number
+    for g in games:
+        spec = GameSpec.parse(g)
+        if spec.game not in GAMES:
+            raise ValueError(f"unknown game {spec.game!r}; the games are: {', '.join(GAMES)}")
+    return games
+
+
+class GymConfig(Section):
+    games: list[str] = Field(
+        default=["2048"],
+        description="Games to play, each a name or name:knob=value,... (e.g. shisen-sho:size=8).",
+    )
+    screen_size: tuple[int, int] = Field(
+        default=(840, 640), description="Screen (height, width) the model sees; the paper uses 840x640."
+    )
+    warmup: dict[str, int] = Field(
+        default={},
+        description="Random warm-up moves per game when sampling states; empty = the paper's 100/250/0.",
+    )
+
+    check_games = field_validator("games", mode="before")(_check_games)
+
+
+class PixelBudgetConfig(Section):
+    min_pixels: int = Field(
+        default=112 * 112, ge=28 * 28, description="Smallest image the processor may resize to."
+    )
+    max_pixels: int = Field(
+        default=840 * 640,
+        ge=28 * 28,
+        description="Largest image the processor may resize to (caps visual tokens).",
+    )
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        default="tiny",
+        description="Base model: a Hugging Face id, a local folder, an artifact URI, or 'tiny' (built here).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype; bf16 on GPU in the paper."
+    )
+    pixels: PixelBudgetConfig = Field(
+        default_factory=PixelBudgetConfig, description="One pixel budget everywhere."
+    )
+    max_prompt_tokens: int = Field(
+        default=4096,
+        ge=64,
+        description="Longest prompt (image tokens included); preflight refuses anything longer.",
+    )
+
+
+class PolicyConfig(Section):
+    kind: Literal["random", "oracle", "hf", "openai"] = Field(
+        default="oracle",
+        description="random / oracle (reads the true state) / hf (local model) / openai (endpoint).",
+    )
+    name: str | None = Field(
+        default=None, description="Label in tables and MLflow; defaults from kind and model."
+    )
+    skill: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="oracle: chance of the oracle's move, else random."
+    )
+    seed: int = Field(default=0, description="Seed of the policy's own randomness (sampling, random moves).")
+    model: str | None = Field(
+        default=None,
+        description="hf: model id/folder/URI ('base' = the pipeline's model); openai: model name.",
+    )
+    base_url: str | None = Field(default=None, description="openai: endpoint, e.g. http://vllm:8000/v1.")
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY",
+        description="openai: env var holding the API key (None for keyless servers).",
+    )
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature (paper: 1.0).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=1024, ge=1, description="Longest reply (paper: up to 8192).")
+    batch_size: int = Field(default=8, ge=1, description="hf: states generated per forward batch.")
+    concurrency: int = Field(default=8, ge=1, description="openai: requests in flight at once.")
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: per-request timeout.")
+    max_retries: int = Field(default=5, ge=0, description="openai: retries on timeouts, 429 and 5xx.")
+    price_input_per_mtok: float = Field(
+        default=0.0, ge=0, description="openai: USD per million input tokens."
+    )
+    price_output_per_mtok: float = Field(
+        default=0.0, ge=0, description="openai: USD per million output tokens."
+    )
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.kind == "openai" and (not self.model or not self.base_url):
+            raise ValueError("an openai policy needs 'model' and 'base_url'")
+        if self.kind == "hf" and not self.model:
+            raise ValueError("an hf policy needs 'model' (a folder, an id, a URI, or 'base')")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "oracle":
+            return "oracle" if self.skill == 1.0 else f"oracle@{self.skill:g}"
+        if self.kind in ("hf", "openai"):
+            return f"{self.kind}:{Path(str(self.model)).name}"
+        return self.kind
+
+
+class DistillConfig(Section):
+    gym: GymConfig = Field(
+        default_factory=GymConfig, description="Which games, and the screens the teacher sees."
+    )
+    teacher: PolicyConfig = Field(
+        default_factory=PolicyConfig, description="Who answers (paper: Claude-3.7)."
+    )
+    states_per_game: int = Field(default=1000, ge=1, description="Sampled states per game (paper: ~1,000).")
+    answers_per_state: int = Field(default=1, ge=1, description="Teacher answers asked for each state (K).")
+    seed: int = Field(default=0, description="Seed of the state stream; states are reproducible from it.")
+    keep_if: list[Literal["well_formed", "legal", "merged"]] = Field(
+        default=["well_formed", "legal"],
+        description="Filter on the perception-enhanced answer; 'merged' = positive game reward (GR > 0).",
+    )
+    batch_size: int = Field(default=32, ge=1, description="States per teacher batch and per manifest shard.")
+    png_compress_level: int = Field(
+        default=1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small."
+    )
+
+
+class EvaluateConfig(Section):
+    games: list[str] = Field(
+        default=["2048", "shisen-sho", "shisen-sho-cifar10", "swap"], description="Games."
+    )
+    policies: list[PolicyConfig] = Field(
+        default_factory=lambda: [PolicyConfig(kind="random"), PolicyConfig(kind="oracle")],
+        description="Players to compare (the pipeline adds its trained models).",
+    )
+    runs: int = Field(default=10, ge=1, description="Runs per game from fresh boards (paper: 10).")
+    steps: int = Field(default=100, ge=1, description="Steps per run (paper: 100).")
+    seed: int = Field(default=0, description="Run i starts from reset(seed + i).")
+    screen_size: tuple[int, int] = Field(default=(840, 640), description="Screens the model players see.")
+
+    check_games = field_validator("games", mode="before")(_check_games)
+
+
+class TrackingConfig(Section):
+    experiment: str = Field(default="g1", description="MLflow experiment that holds the pipeline's runs.")
+
+
+class PipelineConfig(Section):
+    name: str = Field(default="g1", description="Pipeline name (run names, folders).")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="The base model every stage starts from."
+    )
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Teacher distillation stage.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation stage.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where} is not an item of a list of {len(node)}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:depth])} is a value, not a section")
+        if last:
+            node[key] = value
+        else:
+            node = node[key] if isinstance(node, list) else node.setdefault(key, {})
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", value), the value read as YAML (numbers, lists, true/false, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, _, raw = item.partition("=")
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key.strip()):
+        raise ConfigError(f"--set: bad key {key!r}")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A config file path, or the name of a preset in configs/ (``local-tiny``, ``g1-paper``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    preset = CONFIG_DIR / f"{path}.yaml"
+    if preset.is_file():
+        return preset
+    raise ConfigError(
+        f"config {path!r} not found (presets: {', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})"
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config (or the defaults), apply ``key=value`` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        text = resolve_preset(path).read_text()
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    tree = _merge(PipelineConfig().model_dump(mode="json"), tree)
+    for item in overrides or []:
+        _set_path(tree, *parse_override(item))
+    return config_from_dict(tree)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``: sections merge key by key, values and lists replace."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_from_dict(tree: dict) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def config_to_json(cfg: BaseModel) -> str:
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+
+
+def config_from_json(text: str) -> PipelineConfig:
+    return config_from_dict(json.loads(text))

@@ -1,0 +1,164 @@
+"""Evaluation: the paper's protocol (spec section 7) for a list of players, with a report.
+
+Writes to one URI: ``results.json`` (every run's score and the answer-quality rates), ``table.md`` and
+``table.csv``, one bar chart per game (``plot-<game>.png``) and ``report.md`` that puts our numbers beside
+the paper's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+from .. import storage
+from ..config import PipelineConfig, PolicyConfig
+from ..gym.protocol import ProtocolResult, play
+from ..policies import build_policy
+
+log = logging.getLogger(__name__)
+
+# The paper's Table (spec section 7), for the report's comparison column.
+PAPER_SCORES: dict[str, dict[str, float]] = {
+    "G1-7B": {"2048": 1070, "shisen-sho": 17.5, "shisen-sho-cifar10": 14.1, "swap": 78},
+    "Claude-3.7-Sonnet-Thinking": {"2048": 892, "shisen-sho": 15.3, "shisen-sho-cifar10": 8.7, "swap": 43},
+    "G0-7B": {"2048": 759, "shisen-sho": 12.8, "shisen-sho-cifar10": 8.0, "swap": 5},
+    "GPT-4o": {"2048": 620, "shisen-sho": 1.5, "shisen-sho-cifar10": 4.7, "swap": 1},
+    "o1": {"2048": 539, "shisen-sho": 3.9, "shisen-sho-cifar10": 5.4, "swap": 4},
+    "Qwen2.5-VL-72B": {"2048": 243, "shisen-sho": 2.6, "shisen-sho-cifar10": 0.8, "swap": 6},
+    "Qwen2.5-VL-7B (base)": {"2048": 246, "shisen-sho": 1.9, "shisen-sho-cifar10": 0.4, "swap": 2},
+    "Random": {"2048": 701, "shisen-sho": 0.4, "shisen-sho-cifar10": 0.4, "swap": 1},
+}
+
+COLUMNS = (
+    "game",
+    "policy",
+    "mean",
+    "std",
+    "unreadable_rate",
+    "illegal_rate",
+    "format_rate",
+    "perception_exact_rate",
+)
+
+
+@dataclass
+class EvaluateResult:
+    uri: str
+    results: list[ProtocolResult] = field(default_factory=list)
+
+    def table(self) -> list[dict]:
+        rows = []
+        for r in self.results:
+            d = r.to_dict()
+            rows.append({c: d[c] for c in COLUMNS})
+        return rows
+
+
+def metric_name(*parts: str) -> str:
+    """An MLflow-safe metric key (letters, digits, _ - . / and spaces only)."""
+    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| game | policy | score (mean ± std) | unreadable | illegal | format | perception exact |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['game']} | {r['policy']} | {r['mean']:.1f} ± {r['std']:.1f} | "
+            f"{r['unreadable_rate']:.0%} | {r['illegal_rate']:.0%} | {r['format_rate']:.0%} | "
+            f"{r['perception_exact_rate']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_game(game: str, rows: list[dict]) -> bytes:
+    """A bar chart of one game's scores per policy (PNG bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 3.5), dpi=100)
+    ax.bar(
+        [r["policy"] for r in rows],
+        [r["mean"] for r in rows],
+        yerr=[r["std"] for r in rows],
+        capsize=4,
+        color="#4c72b0",
+    )
+    ax.set_title(f"{game}: protocol score")
+    ax.set_ylabel("score")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def report(rows: list[dict], cfg: PipelineConfig) -> str:
+    e = cfg.evaluate
+    games = list(dict.fromkeys(r["game"] for r in rows))
+    paper = ["| model | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
+    for model, scores in PAPER_SCORES.items():
+        paper.append(
+            f"| {model} | "
+            + " | ".join(f"{scores.get(g.split(':')[0], float('nan')):g}" for g in games)
+            + " |"
+        )
+    plots = "\n".join(f"![{g}](plot-{re.sub(r'[^A-Za-z0-9_.-]', '_', g)}.png)" for g in games)
+    return (
+        f"# g1 evaluation\n\nProtocol: {e.runs} runs x {e.steps} steps per game from fresh boards "
+        f"(seeds {e.seed}..{e.seed + e.runs - 1}). 2048: sum of merge rewards; Shisen-Sho: pairs removed; "
+        "Swap: legal swaps per 100 steps.\n\n## Our players\n\n"
+        f"{markdown_table(rows)}\n\n{plots}\n\n## The paper (for reference, Qwen2.5-VL-7B scale)\n\n"
+        + "\n".join(paper)
+        + "\n"
+    )
+
+
+def run(
+    cfg: PipelineConfig, output_uri: str, policies: list[PolicyConfig] | None = None, progress: bool = True
+) -> EvaluateResult:
+    """Play every game with every policy under the protocol and write the report to ``output_uri``."""
+    e = cfg.evaluate
+    result = EvaluateResult(output_uri)
+    for pcfg in policies if policies is not None else e.policies:
+        policy = build_policy(pcfg, cfg.model)
+        for game in e.games:
+            result.results.append(play(game, policy, e.runs, e.steps, e.seed, tuple(e.screen_size), progress))
+    rows = result.table()
+    storage.write_bytes(
+        storage.join(output_uri, "results.json"),
+        json.dumps([r.to_dict() for r in result.results], indent=2).encode(),
+    )
+    storage.write_bytes(storage.join(output_uri, "table.md"), (markdown_table(rows) + "\n").encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_bytes(storage.join(output_uri, "table.csv"), buf.getvalue().encode())
+    for game in dict.fromkeys(r["game"] for r in rows):
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", game)
+        storage.write_bytes(
+            storage.join(output_uri, f"plot-{name}.png"),
+            plot_game(game, [r for r in rows if r["game"] == game]),
+        )
+    storage.write_bytes(storage.join(output_uri, "report.md"), report(rows, cfg).encode())
+    log.info("evaluation written to %s", output_uri)
+    return result
+
+
+def metrics(result: EvaluateResult) -> dict[str, float]:
+    """Every (game, policy) number as an MLflow metric."""
+    out = {}
+    for row in result.table():
+        for key in COLUMNS[2:]:
+            out[metric_name(row["game"], row["policy"], key)] = float(row[key])
+    return out

@@ -1,0 +1,56 @@
+"""Evaluation stage: the protocol for several players, with tables, plots and a report."""
+
+import csv
+import io
+import json
+
+from g1core import storage
+from g1core.config import load_config
+from g1core.stages import evaluate
+
+
+def test_report_tables_and_plots(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "evaluate.games=[2048, swap]",
+            "evaluate.runs=3",
+            "evaluate.steps=20",
+            "evaluate.screen_size=[112, 112]",
+        ],
+    )
+    out = str(tmp_path / "eval")
+    result = evaluate.run(cfg, out, progress=False)
+    rows = result.table()
+    assert [(r["game"], r["policy"]) for r in rows] == [
+        ("2048", "random"),
+        ("swap", "random"),
+        ("2048", "oracle"),
+        ("swap", "oracle"),
+    ]
+    results = json.loads(storage.read_bytes(storage.join(out, "results.json")))
+    assert len(results) == 4 and all(len(r["scores"]) == 3 for r in results)
+    table = list(csv.DictReader(io.StringIO(storage.read_bytes(storage.join(out, "table.csv")).decode())))
+    assert float(table[3]["mean"]) == 100.0  # the oracle always swaps legally
+    report = storage.read_bytes(storage.join(out, "report.md")).decode()
+    assert "| swap | oracle | 100.0 ± 0.0 |" in report and "Claude-3.7-Sonnet-Thinking" in report
+    for game in ("2048", "swap"):
+        png = storage.read_bytes(storage.join(out, f"plot-{game}.png"))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = evaluate.metrics(result)
+    assert metrics["swap/oracle/mean"] == 100.0 and metrics["2048/random/format_rate"] == 0.0
+
+
+def test_full_protocol_for_random_and_oracle_is_quick(tmp_path):
+    """The issue's figure: 4 games x 10 runs x 100 steps for random and oracle (printed, not timed here)."""
+    cfg = load_config(None, ["evaluate.screen_size=[112, 112]"])
+    result = evaluate.run(cfg, str(tmp_path / "eval"), progress=False)
+    scores = {(r["game"], r["policy"]): r["mean"] for r in result.table()}
+    assert scores[("shisen-sho", "oracle")] == 18.0 and scores[("swap", "oracle")] == 100.0
+    assert scores[("2048", "oracle")] > scores[("2048", "random")]
+
+
+def test_metric_names_are_mlflow_safe():
+    assert (
+        evaluate.metric_name("shisen-sho:size=8", "hf:model@x", "mean") == "shisen-sho_size_8/hf_model_x/mean"
+    )
