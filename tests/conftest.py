@@ -7,6 +7,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from g1core import gym  # noqa: E402
 
+pytest_plugins = ["services"]
 SMALL = (112, 112)  # most tests do not need the paper's 840x640 screens
 
 

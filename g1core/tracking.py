@@ -1,0 +1,278 @@
+"""MLflow tracking: one parent run per pipeline run, one child run per stage.
+
+Every stage (each its own process or pod) calls ``Tracker().stage_run(stage, pipeline_run_id, config)``;
+the parent run is found through its tag ``g1.pipeline_run_id`` (created by whoever comes first), so
+the MLflow UI shows a pipeline run with its stages nested under it. The tracking URI is
+``$MLFLOW_TRACKING_URI`` (the cluster's or ``g1 stack``'s server) or a local SQLite file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # else every process hangs ~20 s at exit
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # library code keeps stdout clean
+
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
+from mlflow.utils.validation import (  # noqa: E402
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+log = logging.getLogger(__name__)
+
+PIPELINE_TAG = "g1.pipeline_run_id"
+STAGE_TAG = "g1.stage"
+ROLE_TAG = "g1.role"  # "pipeline" on parent runs
+ERROR_TAG = "g1.error"
+DEFAULT_EXPERIMENT = "g1"
+PARENT_SETTLE_S = 1.5  # longer than creating a run takes (and than clock skew between pods)
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite file ``<cwd>/g1-work/mlflow.db`` (its folder is created)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    folder = Path.cwd().joinpath("g1-work").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _text(value: Any, limit: int = MAX_PARAM_VAL_LENGTH) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def flatten(config: Mapping, sep: str = ".") -> dict[str, str]:
+    """Nested dicts/lists (and dataclasses / pydantic models) to ``{"a.b.0": "value"}`` MLflow params.
+
+    Values become strings cut to MLflow's param length limit; empty containers stay as ``{}`` / ``[]``.
+    """
+    out: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(v, f"{key}{sep}{k}" if key else str(k))
+        elif isinstance(value, list | tuple) and value:
+            for i, v in enumerate(value):
+                walk(v, f"{key}{sep}{i}" if key else str(i))
+        else:
+            out[key] = _text(value)
+
+    walk(config, "")
+    return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class StageRun:
+    """One stage's MLflow run: log metrics, params, artifacts and tags to it."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics at ``step`` (default 0), in as few requests as MLflow allows."""
+        stamp, entries = _now_ms(), []
+        for key, value in metrics.items():
+            try:
+                entries.append(Metric(key, float(value), stamp, step or 0))
+            except (TypeError, ValueError):
+                raise ValueError(f"metric {key!r} must be a number, got {value!r}") from None
+        for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (nested ones are flattened to dotted keys)."""
+        entries = [Param(k, v) for k, v in flatten(params).items()]
+        for batch in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=batch)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values become strings)."""
+        entries = [RunTag(k, _text(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+        for batch in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=batch)
+
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Store one file with the run (under ``artifact_path`` if given)."""
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Store a whole folder with the run."""
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_dict(self, obj: Any, file_name: str) -> None:
+        """Store a dict/list as a JSON or YAML artifact (by the extension of ``file_name``)."""
+        self.client.log_dict(self.run_id, obj, file_name)
+
+
+class Tracker:
+    """MLflow access for the pipeline: get-or-create the parent run, open stage runs, compare runs."""
+
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        self.experiment = experiment
+        self._experiment_id: str | None = None
+        self._parents: dict[str, str] = {}
+        self._db = Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
+        if self._db is None:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            return
+        # the client builds/migrates the database schema; parallel stages would race on that
+        self._db.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._db.with_name(self._db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.client = MlflowClient(tracking_uri=self.uri)
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id, creating (or restoring) the experiment on first use."""
+        if self._experiment_id is None:
+            self._experiment_id = self._get_or_create_experiment()
+        return self._experiment_id
+
+    def _get_or_create_experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        if self._db is not None:  # keep local artifacts next to the database, not in ./mlruns
+            location = (self._db.parent / "mlflow-artifacts").resolve().as_uri()
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except MlflowException as err:  # another process created it first
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            log.debug("experiment %s appeared concurrently: %s", self.experiment, err)
+            return found.experiment_id
+
+    def _parents_of(self, pipeline_run_id: str) -> list:
+        if "'" in pipeline_run_id or not pipeline_run_id:
+            raise ValueError(f"pipeline_run_id must be non-empty and free of quotes, got {pipeline_run_id!r}")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{ROLE_TAG}` = 'pipeline'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=100,
+        )
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def parent_run_id(self, pipeline_run_id: str, name: str | None = None) -> str:
+        """The run id of the pipeline run's parent MLflow run, created if no process made it yet.
+
+        Concurrent creators converge on the run with the earliest start time: a parent younger than
+        PARENT_SETTLE_S may still lose to one stamped earlier whose creation is not visible yet, so
+        the caller waits until it is that old, looks again, and a creator that lost deletes its own.
+        """
+        if pipeline_run_id in self._parents:
+            return self._parents[pipeline_run_id]
+        found, mine = self._parents_of(pipeline_run_id), None
+        if not found:
+            tags = {PIPELINE_TAG: pipeline_run_id, ROLE_TAG: "pipeline"}
+            run_name = name or f"pipeline-{pipeline_run_id}"
+            mine = self.client.create_run(self.experiment_id, _now_ms(), tags, run_name).info.run_id
+        oldest = min([r.info.start_time for r in found] or [_now_ms()])
+        wait = oldest / 1000 + PARENT_SETTLE_S - time.time()
+        if mine or wait > 0:
+            time.sleep(max(wait, 0))
+            found = self._parents_of(pipeline_run_id)
+        winner = found[0].info.run_id
+        if mine and mine != winner:
+            log.debug("parent of %s was made concurrently; dropping duplicate %s", pipeline_run_id, mine)
+            self.client.delete_run(mine)
+        self._parents[pipeline_run_id] = winner
+        return winner
+
+    def run_url(self, run) -> str:
+        """Where to look at a run: its UI page on a tracking server, else its id and the database."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        return f"{run.info.run_id} in {self.uri}"
+
+    def finish_pipeline(self, pipeline_run_id: str, status: str = "FINISHED") -> None:
+        """Mark the parent run ended (FINISHED, FAILED or KILLED) when the whole pipeline is done."""
+        self.client.set_terminated(self.parent_run_id(pipeline_run_id), status)
+
+    @contextlib.contextmanager
+    def stage_run(
+        self,
+        stage: str,
+        pipeline_run_id: str,
+        config: Mapping | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> Iterator[StageRun]:
+        """A child run for one stage: logs the flattened ``config`` as params; FAILED if the block raises."""
+        parent = self.parent_run_id(pipeline_run_id)
+        run_tags = {MLFLOW_PARENT_RUN_ID: parent, STAGE_TAG: stage, PIPELINE_TAG: pipeline_run_id}
+        run_tags.update({k: _text(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()})
+        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=stage)
+        stage_run = StageRun(self.client, run.info.run_id)
+        log.info("stage %s of pipeline run %s: MLflow run %s", stage, pipeline_run_id, self.run_url(run))
+        try:
+            if config:
+                stage_run.log_params(config)
+            yield stage_run
+        except BaseException as err:
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception):  # never hide the stage's own error
+                stage_run.set_tags({ERROR_TAG: f"{type(err).__name__}: {err}"})
+            self.client.set_terminated(run.info.run_id, status)
+            raise
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def runs_table(self, pipeline_run_id: str) -> list[dict]:
+        """The stage runs of one pipeline run, oldest first: stage, run_id, status, metrics, times."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STAGE_TAG}` != ''",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+        )
+        rows = [
+            {
+                "stage": run.data.tags.get(STAGE_TAG),
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "metrics": dict(run.data.metrics),
+                "start_time": run.info.start_time,
+                "end_time": run.info.end_time,
+            }
+            for run in runs
+        ]
+        return sorted(rows, key=lambda row: (row["start_time"] or 0, row["run_id"]))
+
+
+def runs_table(experiment: str, pipeline_run_id: str, uri: str | None = None) -> list[dict]:
+    """The stage runs of ``pipeline_run_id`` in ``experiment`` for comparing runs (Tracker.runs_table)."""
+    return Tracker(experiment, uri).runs_table(pipeline_run_id)
