@@ -17,13 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job. Until the pipeline stages land, it plays the protocol on every game with the
-# random and oracle policies (spec section 7) and writes a screen of each game to out/.
+# The main job: the whole pipeline (distill -> evaluate) through kfp.local on the tiny model, with the
+# embedded local-tiny preset. Outputs, the MLflow store and KFP's files land in g1-work/.
 run: $(STAMP)
-	mkdir -p out
-	$(BIN)/g1 gym play --game all --policy random --runs 10 --steps 100
-	$(BIN)/g1 gym play --game all --policy oracle --runs 10 --steps 100
-	for g in 2048 shisen-sho shisen-sho-cifar10 swap; do $(BIN)/g1 gym show --game $$g --seed 0 -o out/$$g.png; done
+	$(BIN)/g1 pipeline run --local --config local-tiny
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,8 +29,11 @@ bench: $(STAMP)
 	$(BIN)/g1 gym bench --json
 
 lint: $(STAMP)
-	$(BIN)/ruff check g1core tests
-	$(BIN)/ruff format --check g1core tests
+	$(BIN)/ruff check g1core components pipelines tests images/build.py
+	$(BIN)/ruff format --check g1core components pipelines tests images/build.py
+	$(BIN)/hadolint images/*/Dockerfile
+	$(BIN)/g1 pipeline compile --out .compiled-check >/dev/null && diff -r .compiled-check pipelines/compiled; \
+	  status=$$?; rm -rf .compiled-check; exit $$status
 
 # Re-pin every version in constraints.txt from what the .venv holds now.
 lock: $(STAMP)
@@ -41,4 +41,4 @@ lock: $(STAMP)
 	mv constraints.lock constraints.txt
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) out g1-work .pytest_cache .ruff_cache .hypothesis

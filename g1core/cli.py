@@ -9,6 +9,8 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
+from g1core.errors import G1Error
+
 log = logging.getLogger("g1")
 
 
@@ -140,9 +142,9 @@ def cmd_stage(args) -> int:
 
 
 def cmd_pipeline_compile(args) -> int:
-    from pipelines.compile import compile_all
+    from pipelines.compile import COMPILED, compile_all
 
-    for path in compile_all(args.out):
+    for path in compile_all(args.out or COMPILED):
         print(path)
     return 0
 
@@ -169,6 +171,7 @@ def cmd_pipeline_submit(args) -> int:
         arguments={"config_json": config_to_json(cfg)},
         experiment_name=args.experiment,
         run_name=args.run_name or cfg.name,
+        service_account=args.service_account,
     )
     print(run.run_id)
     return 0
@@ -240,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--namespace", default=None)
     sub.add_argument("--experiment", default="g1")
     sub.add_argument("--run-name", default=None)
+    sub.add_argument("--service-account", default=None, help="pods' service account (g1-pipeline-runner)")
     _config_args(sub)
     sub.set_defaults(fn=cmd_pipeline_submit, config="g1-paper")
 
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, OSError) as err:
+    except (G1Error, ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         log.error("%s", err)
         return 2
 

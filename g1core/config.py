@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,13 +17,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import G1Error
 from .gym import GAMES
 from .gym.pool import GameSpec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets: configs/ in the repo; the stage images copy them and point G1_CONFIG_DIR there.
+CONFIG_DIR = Path(os.environ.get("G1_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
 
 
-class ConfigError(ValueError):
+class ConfigError(G1Error, ValueError):
     """A config that cannot be used; the message names every bad field."""
 
 

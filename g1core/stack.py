@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import G1Error
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -50,7 +52,7 @@ WEED_INTERNAL_PORTS = (
 _children: dict[int, subprocess.Popen] = {}
 
 
-class StackError(RuntimeError):
+class StackError(G1Error, RuntimeError):
     """A service could not be started, reached or stopped; the message says which and why."""
 
 

@@ -26,6 +26,8 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
+from .errors import G1Error
+
 log = logging.getLogger(__name__)
 
 ARTIFACT_ROOT_ENV = "G1_ARTIFACT_ROOT"
@@ -37,7 +39,7 @@ _CHUNK = 1024 * 1024
 _WORKERS = 8
 
 
-class StorageError(Exception):
+class StorageError(G1Error):
     """Raised for any storage failure, with a message that says what to fix."""
 
 

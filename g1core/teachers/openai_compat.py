@@ -32,6 +32,7 @@ import openai
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import G1Error
 from ..gym.base import GridGameEnv
 from ..gym.policies import Policy
 
@@ -44,7 +45,7 @@ PROGRESS_MIN = 32  # batches at least this large show a progress bar
 MESSAGE_CHARS = 500  # how much of a server's error message goes into a TeacherError
 
 
-class TeacherError(RuntimeError):
+class TeacherError(G1Error, RuntimeError):
     """The endpoint refused the job itself (bad key, unknown model, bad request): retrying cannot help."""
 
 

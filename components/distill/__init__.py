@@ -1,0 +1,3 @@
+from .component import distill
+
+__all__ = ["distill"]

@@ -1,0 +1,3 @@
+from .component import evaluate
+
+__all__ = ["evaluate"]

@@ -1,0 +1,84 @@
+"""The g1 pipeline: distill -> evaluate (teacher, base model and random baselines).
+
+Each stage is a lightweight KFP component (components/), so the same function runs in a pod and in
+``kfp.local``. Pod settings (GPUs, secrets, node selectors, /dev/shm) are compiled in from
+``STAGE_RESOURCES``; edit them there and run ``g1 pipeline compile``.
+"""
+
+from kfp import dsl, kubernetes
+
+from components.distill import distill
+from components.evaluate import evaluate
+from g1core.config import config_to_json, load_config
+
+# Embedded default: the paper's recipe. `g1 pipeline run --local` passes the local-tiny preset instead.
+DEFAULT_CONFIG_JSON = config_to_json(load_config("g1-paper"))
+
+# Kubernetes secrets the stages read: S3 credentials for artifacts, the teacher's API key, the HF token.
+S3_SECRET = (
+    "g1-s3",
+    {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")},
+)
+TEACHER_SECRET = (
+    "g1-teacher",
+    {"OPENAI_API_KEY": "OPENAI_API_KEY", "ANTHROPIC_API_KEY": "ANTHROPIC_API_KEY"},
+)
+HF_SECRET = ("g1-hf", {"HF_TOKEN": "HF_TOKEN"})
+SETTINGS_CONFIG_MAP = (
+    "g1-settings",
+    {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "G1_ARTIFACT_ROOT": "G1_ARTIFACT_ROOT"},
+)
+
+# Per stage: CPU/memory requests, GPUs (accelerator type and count), node selector, /dev/shm size.
+STAGE_RESOURCES = {
+    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi"},
+    "evaluate": {
+        "cpu": "8",
+        "memory": "64G",
+        "gpus": 1,
+        "accelerator": "nvidia.com/gpu",
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "shm": "16Gi",
+    },
+}
+
+
+def configure(task: dsl.PipelineTask, stage: str, secrets=(S3_SECRET, HF_SECRET)) -> dsl.PipelineTask:
+    """Apply a stage's pod settings to its task."""
+    r = STAGE_RESOURCES[stage]
+    task.set_cpu_request(r["cpu"]).set_memory_request(r["memory"])
+    if r.get("gpus"):
+        task.set_accelerator_type(r["accelerator"]).set_accelerator_limit(r["gpus"])
+    for key, value in r.get("node_selector", {}).items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if r.get("shm"):
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=r["shm"]
+        )
+    for name, keys in secrets:
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=True)
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=SETTINGS_CONFIG_MAP[0],
+        config_map_key_to_env=SETTINGS_CONFIG_MAP[1],
+        optional=True,
+    )
+    task.set_caching_options(False)  # stages resume from their own outputs; KFP's cache would skip reruns
+    return task
+
+
+@dsl.pipeline(name="g1", description="G1: distill a teacher's answers, evaluate the players (spec §6-7).")
+def g1_pipeline(config_json: str = DEFAULT_CONFIG_JSON, artifact_root: str = "") -> str:
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    data = distill(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
+    configure(data, "distill", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
+    data.set_display_name("distill")
+    report = evaluate(
+        config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root, after_uri=data.output
+    )
+    configure(report, "evaluate", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
+    report.set_display_name("evaluate")
+    return report.output
+
+
+PIPELINES = {"g1_pipeline": g1_pipeline}
