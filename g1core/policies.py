@@ -66,6 +66,8 @@ def build_policy(cfg: PolicyConfig, model: ModelConfig | None = None) -> Policy:
             batch_size=cfg.batch_size,
             seed=cfg.seed,
             name=cfg.label,
+            dtype=model.dtype,
+            max_prompt_tokens=model.max_prompt_tokens,
         )
     else:
         from .teachers.openai_compat import OpenAICompatPolicy
