@@ -89,6 +89,15 @@ def build_policy(cfg: PolicyConfig, model: ModelConfig | None = None) -> Policy:
     return policy
 
 
+def usage(policy: Policy) -> dict[str, float]:
+    """What a player cost: requests, tokens and USD for endpoints, generation speed for local models."""
+    if hasattr(policy, "usage"):
+        return dict(policy.usage)
+    if hasattr(policy, "stats"):
+        return dict(policy.stats())
+    return {}
+
+
 def try_replies(policy: Policy, envs) -> list[str | None]:
     """Replies where a failed request is None (policies without requests never fail)."""
     fn = getattr(policy, "try_replies", None)

@@ -33,7 +33,7 @@ from ..config import PipelineConfig
 from ..gym import answer, make
 from ..gym.base import GridGameEnv
 from ..gym.pool import EnvPool, GameSpec, SampledState, state_seed
-from ..policies import build_policy, try_replies
+from ..policies import build_policy, try_replies, usage
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class Distiller:
             "teacher": self.teacher.name,
             "samples": len(samples),
             "games": games,
-            "usage": getattr(self.teacher, "usage", None),
+            "usage": usage(self.teacher),
         }
         storage.write_bytes(storage.join(self.uri, "stats.json"), json.dumps(summary, indent=2).encode())
         log.info("distilled %d samples into %s", len(samples), self.uri)
@@ -273,6 +273,8 @@ def run(cfg: PipelineConfig, output_uri: str, progress: bool = True) -> DistillR
 def metrics(result: DistillResult) -> dict[str, float]:
     """Flat numbers for MLflow: per game totals and acceptance, and this run's throughput."""
     out: dict[str, float] = {"samples": float(result.samples)}
+    for key, value in (result.summary.get("usage") or {}).items():
+        out[f"teacher.{key}"] = float(value)
     for game, g in result.summary.get("games", {}).items():
         for key in ("states", "answers", "kept", "acceptance_rate"):
             out[f"{game}.{key}"] = float(g[key])

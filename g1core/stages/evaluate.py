@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .. import storage
 from ..config import PipelineConfig, PolicyConfig
 from ..gym.protocol import ProtocolResult, play
-from ..policies import build_policy
+from ..policies import build_policy, usage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ COLUMNS = (
 class EvaluateResult:
     uri: str
     results: list[ProtocolResult] = field(default_factory=list)
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per player: tokens, cost, speed
 
     def table(self) -> list[dict]:
         rows = []
@@ -133,11 +134,13 @@ def run(
         policy = build_policy(pcfg, cfg.model)
         for game in e.games:
             result.results.append(play(game, policy, e.runs, e.steps, e.seed, tuple(e.screen_size), progress))
+        result.usage[policy.name] = usage(policy)
     rows = result.table()
     storage.write_bytes(
         storage.join(output_uri, "results.json"),
         json.dumps([r.to_dict() for r in result.results], indent=2).encode(),
     )
+    storage.write_bytes(storage.join(output_uri, "usage.json"), json.dumps(result.usage, indent=2).encode())
     storage.write_bytes(storage.join(output_uri, "table.md"), (markdown_table(rows) + "\n").encode())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
@@ -161,4 +164,7 @@ def metrics(result: EvaluateResult) -> dict[str, float]:
     for row in result.table():
         for key in COLUMNS[2:]:
             out[metric_name(row["game"], row["policy"], key)] = float(row[key])
+    for player, numbers in result.usage.items():
+        for key, value in numbers.items():
+            out[metric_name(player, "usage", key)] = float(value)
     return out
