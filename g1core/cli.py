@@ -136,7 +136,9 @@ def cmd_stage(args) -> int:
     from g1core.stages import run_stage
 
     cfg = load_config(args.config, args.overrides)
-    uri = run_stage(args.stage, cfg, _run_id(args), output_uri=args.output)
+    uri = run_stage(
+        args.stage, cfg, _run_id(args), output_uri=args.output, finish_pipeline=args.finish_pipeline
+    )
     print(uri)
     return 0
 
@@ -224,7 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = top.add_parser(stage, help=text)
         _config_args(p)
-        p.add_argument("--run-id", help="pipeline run id (groups the stages in MLflow); default: a timestamp")
+        p.add_argument(
+            "--run-id",
+            help="pipeline run id: groups the stages in MLflow and names the output folder; reuse it (or "
+            "--output) to resume an interrupted run. Default: a new timestamp",
+        )
+        p.add_argument(
+            "--finish-pipeline", action="store_true", help="mark the pipeline's MLflow run finished"
+        )
         p.add_argument("--output", help="output URI (default: <artifact root>/<name>/<run id>/<stage>)")
         p.set_defaults(fn=cmd_stage, stage=stage)
 

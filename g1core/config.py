@@ -8,6 +8,7 @@ fails at once with the field's dotted name.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import G1Error
-from .gym import GAMES
+from .gym import GAMES, game_class
 from .gym.pool import GameSpec
 
 # Presets: configs/ in the repo; the stage images copy them and point G1_CONFIG_DIR there.
@@ -34,16 +35,39 @@ class Section(BaseModel):
 
 
 def _check_games(games: Any) -> list[str]:
-    if isinstance(games, str):
+    if isinstance(games, str | int):
         games = [games]
     if not isinstance(games, list | tuple) or not games:
         raise ValueError("a non-empty list of games is needed")
     games = [str(g) for g in games]  # YAML reads a bare 2048 as a number
+    specs = []
     for g in games:
         spec = GameSpec.parse(g)
         if spec.game not in GAMES:
             raise ValueError(f"unknown game {spec.game!r}; the games are: {', '.join(GAMES)}")
+        _check_knobs(spec)
+        specs.append(spec)
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"a game is listed twice: {games}")
     return games
+
+
+def _check_knobs(spec: GameSpec) -> None:
+    """Knob names must be the game's; values are tried on a real env (except paths, which may only exist
+    where the stage runs)."""
+    cls = game_class(spec.game)
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "screen_size", "render_mode"}
+    unknown = set(spec.knobs) - known
+    if unknown:
+        raise ValueError(f"{spec.game} has no knob {sorted(unknown)}; its knobs: {sorted(known)}")
+    if "tiles" not in spec.knobs:
+        cls(**spec.knobs, screen_size=(840, 640), render_mode=None)
+
+
+def _check_screen(size: tuple[int, int]) -> tuple[int, int]:
+    if min(size) < 28:
+        raise ValueError(f"a screen is at least 28x28 pixels, got {size}")
+    return size
 
 
 class GymConfig(Section):
@@ -60,6 +84,17 @@ class GymConfig(Section):
     )
 
     check_games = field_validator("games", mode="before")(_check_games)
+    check_screen = field_validator("screen_size")(_check_screen)
+
+    @field_validator("warmup")
+    @classmethod
+    def check_warmup(cls, warmup: dict[str, int]) -> dict[str, int]:
+        for game, moves in warmup.items():
+            if game not in GAMES:
+                raise ValueError(f"unknown game {game!r} in warmup; the games are: {', '.join(GAMES)}")
+            if moves < 0:
+                raise ValueError(f"warm-up moves for {game} must be >= 0, got {moves}")
+        return warmup
 
 
 class PixelBudgetConfig(Section):
@@ -131,6 +166,10 @@ class PolicyConfig(Section):
     price_output_per_mtok: float = Field(
         default=0.0, ge=0, description="openai: USD per million output tokens."
     )
+    extra_body: dict[str, Any] = Field(
+        default={},
+        description="openai: extra request fields, e.g. {thinking: {type: enabled, budget_tokens: 4096}}.",
+    )
 
     @model_validator(mode="after")
     def _needs(self):
@@ -169,6 +208,12 @@ class DistillConfig(Section):
     png_compress_level: int = Field(
         default=1, ge=0, le=9, description="PNG zlib level: 1 is fast, 9 is small."
     )
+    allow_unfinished: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of states that may end without a teacher answer before the stage fails.",
+    )
 
 
 class EvaluateConfig(Section):
@@ -185,6 +230,16 @@ class EvaluateConfig(Section):
     screen_size: tuple[int, int] = Field(default=(840, 640), description="Screens the model players see.")
 
     check_games = field_validator("games", mode="before")(_check_games)
+    check_screen = field_validator("screen_size")(_check_screen)
+
+    @field_validator("policies")
+    @classmethod
+    def check_labels(cls, policies: list[PolicyConfig]) -> list[PolicyConfig]:
+        labels = [p.label for p in policies]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"two players are called {twice}: give each a distinct 'name'")
+        return policies
 
 
 class TrackingConfig(Section):
@@ -192,7 +247,11 @@ class TrackingConfig(Section):
 
 
 class PipelineConfig(Section):
-    name: str = Field(default="g1", description="Pipeline name (run names, folders).")
+    name: str = Field(
+        default="g1",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Pipeline name (run names, folders).",
+    )
     model: ModelConfig = Field(
         default_factory=ModelConfig, description="The base model every stage starts from."
     )

@@ -83,6 +83,7 @@ def build_policy(cfg: PolicyConfig, model: ModelConfig | None = None) -> Policy:
             max_retries=cfg.max_retries,
             price_input_per_mtok=cfg.price_input_per_mtok,
             price_output_per_mtok=cfg.price_output_per_mtok,
+            extra_body={**({"top_p": cfg.top_p} if cfg.top_p != 1.0 else {}), **cfg.extra_body} or None,
             name=cfg.label,
         )
     policy.name = cfg.label

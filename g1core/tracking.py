@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -276,3 +277,8 @@ class Tracker:
 def runs_table(experiment: str, pipeline_run_id: str, uri: str | None = None) -> list[dict]:
     """The stage runs of ``pipeline_run_id`` in ``experiment`` for comparing runs (Tracker.runs_table)."""
     return Tracker(experiment, uri).runs_table(pipeline_run_id)
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow-safe metric name from parts (game specs, player labels): letters, digits, _ - . / space."""
+    return "/".join(re.sub(r"[^\w\-. ]", "_", str(p)) for p in parts)

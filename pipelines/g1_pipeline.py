@@ -29,9 +29,13 @@ SETTINGS_CONFIG_MAP = (
     {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "G1_ARTIFACT_ROOT": "G1_ARTIFACT_ROOT"},
 )
 
+# The g1-data volume (manifests/data: CIFAR-10 for shisen-sho-cifar10) is mounted here in every stage.
+DATA_PVC = ("g1-data", "/data")
+
 # Per stage: CPU/memory requests, GPUs (accelerator type and count), node selector, /dev/shm size.
 STAGE_RESOURCES = {
-    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi"},
+    # retries: a restarted distill pod resumes from its shards (same pipeline run id, same output URI)
+    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi", "retries": 3},
     "evaluate": {
         "cpu": "8",
         "memory": "64G",
@@ -63,6 +67,9 @@ def configure(task: dsl.PipelineTask, stage: str, secrets=(S3_SECRET, HF_SECRET)
         config_map_key_to_env=SETTINGS_CONFIG_MAP[1],
         optional=True,
     )
+    kubernetes.mount_pvc(task, pvc_name=DATA_PVC[0], mount_path=DATA_PVC[1])
+    if r.get("retries"):
+        task.set_retry(num_retries=r["retries"], backoff_duration="60s", backoff_factor=2)
     task.set_caching_options(False)  # stages resume from their own outputs; KFP's cache would skip reruns
     return task
 

@@ -54,3 +54,45 @@ def test_metric_names_are_mlflow_safe():
     assert (
         evaluate.metric_name("shisen-sho:size=8", "hf:model@x", "mean") == "shisen-sho_size_8/hf_model_x/mean"
     )
+
+
+def test_players_are_checked_before_any_play_and_partial_results_kept(tmp_path):
+    import pytest
+
+    cfg = load_config(
+        "local-tiny",
+        ["evaluate.games=[swap]", "evaluate.runs=1", "evaluate.steps=2", "model.max_prompt_tokens=64"],
+    )
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        evaluate.run(cfg, str(tmp_path / "early"), progress=False)
+    assert not storage.exists(str(tmp_path / "early" / "results.json"))  # nothing was played
+
+    class Broken:
+        name = "broken"
+
+        def replies(self, envs):
+            raise RuntimeError("the endpoint went away")
+
+    cfg = load_config(
+        None,
+        ["evaluate.games=[swap]", "evaluate.runs=1", "evaluate.steps=2", "evaluate.screen_size=[112, 112]"],
+    )
+    result = evaluate.EvaluateResult(str(tmp_path / "late"))
+    from g1core.gym.protocol import play
+
+    result.results.append(
+        play("swap", __import__("g1core.gym.policies", fromlist=["x"]).RandomPolicy(), 1, 2)
+    )
+    evaluate.write_outputs(result, cfg)
+    with pytest.raises(RuntimeError):
+        play("swap", Broken(), 1, 2)
+    assert json.loads(storage.read_bytes(str(tmp_path / "late" / "results.json")))[0]["policy"] == "random"
+
+
+def test_duplicate_player_names_are_refused():
+    import pytest
+
+    from g1core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="distinct 'name'"):
+        load_config(None, ["evaluate.policies=[{kind: random}, {kind: random, seed: 1}]"])

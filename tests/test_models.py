@@ -172,7 +172,9 @@ def test_hf_policy_replies_for_2048_and_a_pair_game(loaded):
     assert len(replies) == 4 and all(isinstance(r, str) for r in replies)
     assert policy.tokens_per_s > 0 and 0 < policy.generated_tokens <= 4 * 12
     assert HFPolicy(**kwargs).replies(envs) == replies  # same seed, same replies
-    assert policy.replies(envs) != replies  # the next call samples afresh
+    assert policy.replies(envs) == replies  # seeded by the states shown, not by how many calls came before
+    envs[0].step(envs[0].legal_actions()[0])
+    assert policy.replies(envs) != replies  # other states, other samples
     assert isinstance(policy, policies.Policy) and policy.name == "hf"
 
 

@@ -73,6 +73,13 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     rows = runs_table("g1-local", run_id, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     stages = sorted((r["stage"], r["status"]) for r in rows)
     assert stages == [("distill", "FINISHED"), ("evaluate", "FINISHED")]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = client.search_runs(
+        [client.get_experiment_by_name("g1-local").experiment_id], "tags.`g1.role` = 'pipeline'"
+    )
+    assert [p.info.status for p in parents] == ["FINISHED"]  # the last stage closes the pipeline's run
 
 
 def test_stage_on_real_s3_and_mlflow_server(s3_prefix, mlflow_server, monkeypatch):

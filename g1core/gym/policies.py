@@ -24,6 +24,23 @@ class Policy:
         raise NotImplementedError
 
 
+def state_digest(env: GridGameEnv) -> int:
+    """A stable 64-bit fingerprint of an env's exact state (same on every machine and process)."""
+    return int.from_bytes(
+        hashlib.blake2b(repr(env.get_state()._key()).encode(), digest_size=8).digest(), "little"
+    )
+
+
+def batch_seed(envs: Sequence[GridGameEnv], seed: int) -> int:
+    """A seed for one batched model call, drawn from ``seed`` and the exact states shown.
+
+    Model sampling cannot be seeded per item inside a batch, so the batch's content seeds it: the same
+    states in the same batch give the same answers in every run, resumed ones included.
+    """
+    entropy = [int(seed), *(state_digest(env) for env in envs)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
+
+
 def state_rngs(envs: Sequence[GridGameEnv], seed: int, salt: int) -> list[np.random.Generator]:
     """One generator per env, drawn from (seed, the env's exact state, its repeat count in this batch).
 
@@ -31,13 +48,13 @@ def state_rngs(envs: Sequence[GridGameEnv], seed: int, salt: int) -> list[np.ran
     answers whatever the batching, and a resumed run repeats an uninterrupted one exactly. The k-th
     copy of a state in one batch (K answers per state) gets its own stream.
     """
-    seen: dict[bytes, int] = {}
+    seen: dict[int, int] = {}
     rngs = []
     for env in envs:
-        key = hashlib.blake2b(repr(env.get_state()._key()).encode(), digest_size=8).digest()
+        key = state_digest(env)
         k = seen.get(key, 0)
         seen[key] = k + 1
-        rngs.append(np.random.default_rng([int(seed), salt, int.from_bytes(key, "little"), k]))
+        rngs.append(np.random.default_rng([int(seed), salt, key, k]))
     return rngs
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from g1core.gym.policies import Policy
+from g1core.gym.policies import Policy, batch_seed
 
 from .budget import PixelBudget
 from .loading import apply_budget, build_inputs, load_model, load_processor, preflight, render_prompt
@@ -120,8 +120,9 @@ class HFPolicy(Policy):
 
     Give ``model_path`` (hub id or local folder; loaded on ``device``) or an already loaded ``model`` and
     ``processor``. ``budget`` overrides the processor's pixel budget. With ``max_prompt_tokens``, every
-    prompt is checked by :func:`preflight` first. Sampling is reproducible from ``seed``: the n-th call
-    draws from its own stream, and the global torch RNG is left untouched. ``tokens_per_s`` holds the
+    prompt is checked by :func:`preflight` first. Sampling is reproducible from ``seed`` and the states
+    shown: a call is seeded by (seed, the exact states of its envs), so the same batch gives the same
+    answers in any run, and the global torch RNG is left untouched. ``tokens_per_s`` holds the
     last call's generation speed; ``generated_tokens`` and ``generate_seconds`` the running totals.
     """
 
@@ -188,9 +189,13 @@ class HFPolicy(Policy):
             preflight(self.processor, frame.shape[:2], prompt, self.max_prompt_tokens)
         return frame, prompt
 
-    def _call_seed(self) -> int:
+    def check(self, env) -> None:
+        """Raise now if ``env``'s screen and prompt cannot be answered (preflight), before any work."""
+        self._observe(env)
+
+    def _call_seed(self, envs: Sequence) -> int:
         self._calls += 1
-        return int(np.random.SeedSequence([self.seed, self._calls]).generate_state(1, np.uint32)[0])
+        return batch_seed(envs, self.seed)
 
     def _generate(self, items: list[tuple[np.ndarray, str]], seed: int) -> list[str]:
         started = time.perf_counter()
@@ -208,7 +213,7 @@ class HFPolicy(Policy):
         """One sampled reply per env; raises on the first failure."""
         before = (self.generated_tokens, self.generate_seconds)
         items = [self._observe(env) for env in envs]
-        seed = self._call_seed()
+        seed = self._call_seed(envs)
         out: list[str] = []
         for start in range(0, len(items), self.batch_size):
             out += self._generate(items[start : start + self.batch_size], seed + start)
@@ -225,7 +230,7 @@ class HFPolicy(Policy):
                 ready.append((index, self._observe(env)))
             except Exception as err:  # any failure of one env is that env's None
                 log.warning("env %d: no reply (%s)", index, err)
-        seed = self._call_seed()
+        seed = self._call_seed(envs)
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start : start + self.batch_size]
             try:

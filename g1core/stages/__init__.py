@@ -42,8 +42,13 @@ def run_stage(
     output_uri: str | None = None,
     artifact_root: str | None = None,
     progress: bool = True,
+    finish_pipeline: bool = False,
 ) -> str:
-    """Run one stage inside an MLflow child run; returns the URI of its outputs."""
+    """Run one stage inside an MLflow child run; returns the URI of its outputs.
+
+    A failing stage marks the pipeline's parent run FAILED; ``finish_pipeline`` (the DAG's last stage)
+    marks it FINISHED after success.
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     from ..tracking import Tracker
@@ -51,17 +56,23 @@ def run_stage(
     module = import_module(f"{__name__}.{stage}")
     uri = output_uri or stage_uri(cfg, pipeline_run_id, stage, artifact_root)
     tracker = Tracker(cfg.tracking.experiment)
-    with tracker.stage_run(
-        stage, pipeline_run_id, config=_section(cfg, stage), tags={"g1.output_uri": uri}
-    ) as run:
-        log.info("stage %s of pipeline run %s -> %s", stage, pipeline_run_id, uri)
-        result = module.run(cfg, uri, progress=progress)
-        run.log_metrics(module.metrics(result))
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in REPORT_FILES.get(stage, ()) + _plots(stage, uri):
-                source = storage.join(uri, name)
-                if storage.exists(source):
-                    run.log_artifact(str(storage.get_file(source, Path(tmp) / name)))
+    try:
+        with tracker.stage_run(
+            stage, pipeline_run_id, config=_section(cfg, stage), tags={"g1.output_uri": uri}
+        ) as run:
+            log.info("stage %s of pipeline run %s -> %s", stage, pipeline_run_id, uri)
+            result = module.run(cfg, uri, progress=progress)
+            run.log_metrics(module.metrics(result))
+            with tempfile.TemporaryDirectory() as tmp:
+                for name in REPORT_FILES.get(stage, ()) + _plots(stage, uri):
+                    source = storage.join(uri, name)
+                    if storage.exists(source):
+                        run.log_artifact(str(storage.get_file(source, Path(tmp) / name)))
+    except BaseException:
+        tracker.finish_pipeline(pipeline_run_id, "FAILED")
+        raise
+    if finish_pipeline:
+        tracker.finish_pipeline(pipeline_run_id, "FINISHED")
     return uri
 
 
@@ -73,8 +84,14 @@ def _plots(stage: str, uri: str) -> tuple[str, ...]:
     )
 
 
-def run_stage_json(stage: str, config_json: str, pipeline_run_id: str, artifact_root: str = "") -> str:
+def run_stage_json(
+    stage: str, config_json: str, pipeline_run_id: str, artifact_root: str = "", finish_pipeline: bool = False
+) -> str:
     """Entry point of the KFP components: the config travels as JSON, the outputs as a URI."""
     return run_stage(
-        stage, config_from_json(config_json), pipeline_run_id, artifact_root=artifact_root or None
+        stage,
+        config_from_json(config_json),
+        pipeline_run_id,
+        artifact_root=artifact_root or None,
+        finish_pipeline=finish_pipeline,
     )

@@ -30,12 +30,17 @@ from tqdm.auto import tqdm
 
 from .. import storage
 from ..config import PipelineConfig
+from ..errors import G1Error
 from ..gym import answer, make
 from ..gym.base import GridGameEnv
 from ..gym.pool import EnvPool, GameSpec, SampledState, state_seed
 from ..policies import build_policy, try_replies, usage
 
 log = logging.getLogger(__name__)
+
+
+class DistillError(G1Error):
+    """The data set could not be completed or extended as asked; what was done so far is kept."""
 
 
 @dataclass
@@ -120,16 +125,49 @@ class Distiller:
         return all(checks[name] for name in self.d.keep_if)
 
     # ---- the run -------------------------------------------------------------------------------
-    def todo(self, finished: set[str]) -> list[tuple[GameSpec, int]]:
-        """Every (spec, state seed) of the data set not finished yet, game by game."""
-        return [
-            (spec, seed)
+    def plan(self) -> list[list[tuple[GameSpec, int]]]:
+        """Every (spec, state seed) of the data set, in fixed batches.
+
+        Batches are cut from the whole plan, not from what is left to do, so a resumed run shows the
+        teacher the same batches as an uninterrupted one (a model teacher seeds each batch from it).
+        """
+        states = [
+            (spec, state_seed(self.d.seed, i, str(spec)))
             for spec in self.pool.specs
             for i in range(self.d.states_per_game)
-            if state_key(spec, seed := state_seed(self.d.seed, i, str(spec))) not in finished
         ]
+        return [states[i : i + self.d.batch_size] for i in range(0, len(states), self.d.batch_size)]
+
+    def fingerprint(self) -> dict:
+        """What decides the content of the data set (not its size): a resume must match it."""
+        d = self.d
+        return {
+            "games": [str(s) for s in self.pool.specs],
+            "screen_size": list(d.gym.screen_size),
+            "warmup": self.pool.warmup,
+            "seed": d.seed,
+            "answers_per_state": d.answers_per_state,
+            "keep_if": list(d.keep_if),
+            "teacher": d.teacher.model_dump(mode="json"),
+            "model": self.cfg.model.name_or_path if d.teacher.kind == "hf" else None,
+        }
+
+    def _check_resume(self) -> None:
+        path = storage.join(self.uri, "dataset.json")
+        mine = self.fingerprint()
+        if storage.exists(path):
+            theirs = json.loads(storage.read_bytes(path))
+            if theirs != mine:
+                diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                raise DistillError(
+                    f"{self.uri} holds a data set made with other settings ({', '.join(diff)}); "
+                    "resume with the same config or write to another output"
+                )
+        else:
+            storage.write_bytes(path, json.dumps(mine, indent=2).encode())
 
     def run(self) -> DistillResult:
+        self._check_resume()
         previous = _read_shards(self.uri)
         finished = {r["key"] for r in previous if r["type"] == "state"}
         self._stored_images = {r["image_sha256"] for r in previous if r["type"] == "sample"}
@@ -137,13 +175,15 @@ class Distiller:
         if finished:
             log.info("resuming %s: %d states already finished", self.uri, len(finished))
         stats: dict[str, GameStats] = defaultdict(GameStats)
-        todo = self.todo(finished)
-        bar = tqdm(total=len(todo), desc="distill", unit="state", disable=not self.progress)
-        for start in range(0, len(todo), self.d.batch_size):
+        plan = self.plan()
+        bar = tqdm(total=sum(map(len, plan)), desc="distill", unit="state", disable=not self.progress)
+        bar.update(len(finished))
+        for planned in plan:
+            todo = [(spec, seed) for spec, seed in planned if state_key(spec, seed) not in finished]
+            if not todo:
+                continue
             t0 = time.perf_counter()
-            batch = [
-                self.pool.sample_state(spec, seed) for spec, seed in todo[start : start + self.d.batch_size]
-            ]
+            batch = [self.pool.sample_state(spec, seed) for spec, seed in todo]
             records = self._distill_batch(batch, stats, shard_no)
             if records:
                 shard = storage.join(self.uri, "shards", f"{shard_no:06d}.jsonl")
@@ -151,10 +191,18 @@ class Distiller:
                 shard_no += 1
             elapsed = time.perf_counter() - t0
             for s in batch:
-                stats[s.spec.game].seconds += elapsed / len(batch)
+                stats[str(s.spec)].seconds += elapsed / len(batch)
             bar.update(len(batch))
         bar.close()
-        return self._finish(stats, len(finished))
+        result = self._finish(stats, len(finished))
+        unfinished = sum(g["remaining"] for g in result.summary["games"].values())
+        total = sum(map(len, plan))
+        if unfinished > self.d.allow_unfinished * total:
+            raise DistillError(
+                f"{unfinished} of {total} states got no teacher answer (see the log); the data set so far is "
+                f"kept in {self.uri}: run again with the same output to ask for them again"
+            )
+        return result
 
     def _distill_batch(
         self, batch: list[SampledState], stats: dict[str, GameStats], shard_no: int
@@ -170,7 +218,7 @@ class Distiller:
         replies = try_replies(self.teacher, envs)
         records = []
         for i, s in enumerate(batch):
-            game = stats[s.spec.game]
+            game = stats[str(s.spec)]
             answers = replies[i * k : (i + 1) * k]
             if any(a is None for a in answers):
                 game.failed_requests += 1
@@ -201,6 +249,7 @@ class Distiller:
                     "type": "state",
                     "key": state_key(s.spec, s.seed),
                     "game": s.spec.game,
+                    "spec": str(s.spec),
                     "answers": k,
                     "kept": kept,
                     "shard": shard_no,
@@ -217,7 +266,7 @@ class Distiller:
             "id": f"{state_key(s.spec, s.seed)}/{j}",
             "game": s.spec.game,
             "spec": str(s.spec),
-            "difficulty": s.spec.knobs,
+            "difficulty": env.difficulty,
             "seed": s.seed,
             "image": image_rel,
             "image_sha256": digest,
@@ -236,18 +285,22 @@ class Distiller:
     def _finish(self, stats: dict[str, GameStats], resumed: int) -> DistillResult:
         records = _read_shards(self.uri)
         samples = [r for r in records if r["type"] == "sample"]
-        totals: dict[str, dict] = defaultdict(lambda: {"states": 0, "answers": 0, "kept": 0})
+        totals: dict[str, dict] = {str(s): {"states": 0, "answers": 0, "kept": 0} for s in self.pool.specs}
         for r in records:  # over every run that wrote into this data set
             if r["type"] == "state":
-                t = totals[r["game"]]
+                t = totals[r.get("spec", r["game"])]
                 t["states"] += 1
                 t["answers"] += r["answers"]
                 t["kept"] += r["kept"]
         games = {}
-        for game, t in sorted(totals.items()):
-            games[game] = {**t, "acceptance_rate": t["kept"] / t["answers"] if t["answers"] else 0.0}
-            if game in stats:
-                games[game]["this_run"] = stats[game].to_dict()
+        for spec, t in totals.items():
+            games[spec] = {
+                **t,
+                "acceptance_rate": t["kept"] / t["answers"] if t["answers"] else 0.0,
+                "remaining": self.d.states_per_game - t["states"],
+            }
+            if spec in stats:
+                games[spec]["this_run"] = stats[spec].to_dict()
         storage.write_bytes(
             storage.join(self.uri, "manifest.jsonl"),
             "".join(
@@ -272,14 +325,16 @@ def run(cfg: PipelineConfig, output_uri: str, progress: bool = True) -> DistillR
 
 def metrics(result: DistillResult) -> dict[str, float]:
     """Flat numbers for MLflow: per game totals and acceptance, and this run's throughput."""
+    from ..tracking import metric_key
+
     out: dict[str, float] = {"samples": float(result.samples)}
     for key, value in (result.summary.get("usage") or {}).items():
         out[f"teacher.{key}"] = float(value)
-    for game, g in result.summary.get("games", {}).items():
-        for key in ("states", "answers", "kept", "acceptance_rate"):
-            out[f"{game}.{key}"] = float(g[key])
+    for spec, g in result.summary.get("games", {}).items():
+        for key in ("states", "answers", "kept", "acceptance_rate", "remaining"):
+            out[metric_key(f"{spec}.{key}")] = float(g[key])
         for key, value in g.get("this_run", {}).items():
-            out[f"{game}.run.{key}"] = float(value)
+            out[metric_key(f"{spec}.run.{key}")] = float(value)
     return out
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from .. import storage
 from ..config import PipelineConfig, PolicyConfig
+from ..gym import make
+from ..gym.pool import GameSpec
 from ..gym.protocol import ProtocolResult, play
 from ..policies import build_policy, usage
 
@@ -61,7 +63,9 @@ class EvaluateResult:
 
 def metric_name(*parts: str) -> str:
     """An MLflow-safe metric key (letters, digits, _ - . / and spaces only)."""
-    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
+    from ..tracking import metric_key
+
+    return metric_key(*parts)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -103,7 +107,21 @@ def plot_game(game: str, rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def report(rows: list[dict], cfg: PipelineConfig) -> str:
+def usage_lines(usage: dict[str, dict[str, float]]) -> str:
+    """A line per player that spent requests or generated tokens; failed requests are flagged."""
+    lines = []
+    for player, u in usage.items():
+        if not u:
+            continue
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in u.items())
+        warn = (
+            " — **some requests failed: their replies were scored as unreadable**" if u.get("failed") else ""
+        )
+        lines.append(f"- {player}: {parts}{warn}")
+    return "\n".join(lines)
+
+
+def report(rows: list[dict], cfg: PipelineConfig, usage: dict[str, dict[str, float]] | None = None) -> str:
     e = cfg.evaluate
     games = list(dict.fromkeys(r["game"] for r in rows))
     paper = ["| model | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
@@ -118,7 +136,9 @@ def report(rows: list[dict], cfg: PipelineConfig) -> str:
         f"# g1 evaluation\n\nProtocol: {e.runs} runs x {e.steps} steps per game from fresh boards "
         f"(seeds {e.seed}..{e.seed + e.runs - 1}). 2048: sum of merge rewards; Shisen-Sho: pairs removed; "
         "Swap: legal swaps per 100 steps.\n\n## Our players\n\n"
-        f"{markdown_table(rows)}\n\n{plots}\n\n## The paper (for reference, Qwen2.5-VL-7B scale)\n\n"
+        f"{markdown_table(rows)}\n\n{plots}\n\n"
+        + (f"## What the players used\n\n{usage_lines(usage)}\n\n" if usage and usage_lines(usage) else "")
+        + "## The paper (for reference, Qwen2.5-VL-7B scale)\n\n"
         + "\n".join(paper)
         + "\n"
     )
@@ -127,35 +147,51 @@ def report(rows: list[dict], cfg: PipelineConfig) -> str:
 def run(
     cfg: PipelineConfig, output_uri: str, policies: list[PolicyConfig] | None = None, progress: bool = True
 ) -> EvaluateResult:
-    """Play every game with every policy under the protocol and write the report to ``output_uri``."""
+    """Play every game with every policy under the protocol and write the report to ``output_uri``.
+
+    Every player is built and preflighted on every game before the first move, and the outputs are
+    rewritten after each player, so a failure late in the run keeps what was measured before it.
+    """
     e = cfg.evaluate
+    players = [build_policy(p, cfg.model) for p in (policies if policies is not None else e.policies)]
+    for game in e.games:  # fail now, not after an hour of other players, if a prompt cannot fit
+        spec = GameSpec.parse(game)
+        env = make(spec.game, screen_size=tuple(e.screen_size), **spec.knobs)
+        env.reset(seed=e.seed)
+        for player in players:
+            if hasattr(player, "check"):
+                player.check(env)
     result = EvaluateResult(output_uri)
-    for pcfg in policies if policies is not None else e.policies:
-        policy = build_policy(pcfg, cfg.model)
+    for player in players:
         for game in e.games:
-            result.results.append(play(game, policy, e.runs, e.steps, e.seed, tuple(e.screen_size), progress))
-        result.usage[policy.name] = usage(policy)
+            result.results.append(play(game, player, e.runs, e.steps, e.seed, tuple(e.screen_size), progress))
+        result.usage[player.name] = usage(player)
+        write_outputs(result, cfg)
+    log.info("evaluation written to %s", output_uri)
+    return result
+
+
+def write_outputs(result: EvaluateResult, cfg: PipelineConfig) -> None:
+    """results.json, usage.json, table.md/.csv, one plot per game and report.md under the result's URI."""
+    uri = result.uri
     rows = result.table()
     storage.write_bytes(
-        storage.join(output_uri, "results.json"),
+        storage.join(uri, "results.json"),
         json.dumps([r.to_dict() for r in result.results], indent=2).encode(),
     )
-    storage.write_bytes(storage.join(output_uri, "usage.json"), json.dumps(result.usage, indent=2).encode())
-    storage.write_bytes(storage.join(output_uri, "table.md"), (markdown_table(rows) + "\n").encode())
+    storage.write_bytes(storage.join(uri, "usage.json"), json.dumps(result.usage, indent=2).encode())
+    storage.write_bytes(storage.join(uri, "table.md"), (markdown_table(rows) + "\n").encode())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    storage.write_bytes(storage.join(output_uri, "table.csv"), buf.getvalue().encode())
+    storage.write_bytes(storage.join(uri, "table.csv"), buf.getvalue().encode())
     for game in dict.fromkeys(r["game"] for r in rows):
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", game)
         storage.write_bytes(
-            storage.join(output_uri, f"plot-{name}.png"),
-            plot_game(game, [r for r in rows if r["game"] == game]),
+            storage.join(uri, f"plot-{name}.png"), plot_game(game, [r for r in rows if r["game"] == game])
         )
-    storage.write_bytes(storage.join(output_uri, "report.md"), report(rows, cfg).encode())
-    log.info("evaluation written to %s", output_uri)
-    return result
+    storage.write_bytes(storage.join(uri, "report.md"), report(rows, cfg, result.usage).encode())
 
 
 def metrics(result: EvaluateResult) -> dict[str, float]:
