@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from . import storage
@@ -19,8 +20,6 @@ log = logging.getLogger(__name__)
 
 def work_dir() -> Path:
     """Local scratch folder for downloaded and built models (``G1_WORK_DIR``, default ./g1-work)."""
-    import os
-
     path = Path(os.environ.get("G1_WORK_DIR", Path.cwd() / "g1-work")).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
