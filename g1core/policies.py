@@ -28,9 +28,9 @@ def work_dir() -> Path:
 def resolve_model(name_or_path: str, seed: int = 0) -> str:
     """A loadable model reference: 'tiny' is built offline (once), URIs are downloaded, ids pass through."""
     if name_or_path == "tiny":
-        from .models.tiny import build_tiny_model
+        from .models.tiny import BUILD_VERSION, build_tiny_model
 
-        out = work_dir() / "models" / f"tiny-seed{seed}"
+        out = work_dir() / "models" / f"tiny-v{BUILD_VERSION}-seed{seed}"
         if not (out / "config.json").is_file():
             log.info("building the tiny Qwen2.5-VL model in %s", out)
             build_tiny_model(out, seed=seed)
