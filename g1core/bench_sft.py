@@ -115,13 +115,15 @@ def bench_sft(
         run_cfg = sft.SftRunConfig(model=cfg.model, sft=sft.SftConfig.model_validate(settings))
         pixels = cfg.model.pixels
         budget = PixelBudget(pixels.min_pixels, pixels.max_pixels)
-        answer_tokens = 0
-        score_before = score_after = float("nan")
-        if protocol_runs:
-            model, processor = load_model(resolve_model(cfg.model.name_or_path), budget=budget)
-            rows = distill.load_manifest(data_uri)
+        rows = distill.load_manifest(data_uri)
+
+        def score(model_path: str) -> float:
+            """Protocol score of a model, replies long enough for the longest answer in the data."""
+            if not protocol_runs:
+                return float("nan")
+            model, processor = load_model(model_path, budget=budget)
             answer_tokens = max(len(processor.tokenizer(r["answer"])["input_ids"]) for r in rows)
-            score_before = _protocol(
+            return _protocol(
                 str(spec),
                 model,
                 processor,
@@ -130,18 +132,10 @@ def bench_sft(
                 protocol_steps,
                 answer_tokens + 16,
             )
+
+        score_before = score(resolve_model(cfg.model.name_or_path))
         result = sft.run(run_cfg, data_uri, str(root / "sft"), progress=progress, work_dir=root / "work")
-        if protocol_runs:
-            model, processor = load_model(sft.storage.local_path(result.model_uri), budget=budget)
-            score_after = _protocol(
-                str(spec),
-                model,
-                processor,
-                defaults.screen,
-                protocol_runs,
-                protocol_steps,
-                answer_tokens + 16,
-            )
+        score_after = score(str(sft.storage.local_path(result.model_uri)))
     first = result.history[0] if result.history else {}
     curve = [
         {
