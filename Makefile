@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
+# deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
+export DS_BUILD_OPS := 0
 
 .PHONY: install run test bench lint lock clean
 
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: the whole pipeline (distill -> evaluate) through kfp.local on the tiny model, with the
+# The main job: the whole pipeline (distill -> sft -> evaluate) through kfp.local on the tiny model, with the
 # embedded local-tiny preset. Outputs, the MLflow store and KFP's files land in g1-work/.
 run: $(STAMP)
 	$(BIN)/g1 pipeline run --local --config local-tiny
