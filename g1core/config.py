@@ -146,7 +146,8 @@ class PolicyConfig(Section):
     seed: int = Field(default=0, description="Seed of the policy's own randomness (sampling, random moves).")
     model: str | None = Field(
         default=None,
-        description="hf: model id/folder/URI ('base' = the pipeline's model); openai: model name.",
+        description="hf: model id/folder/URI, 'base' (the pipeline's model) or a training stage's name "
+        "('sft': the model that stage trained in the same pipeline run); openai: model name.",
     )
     base_url: str | None = Field(default=None, description="openai: endpoint, e.g. http://vllm:8000/v1.")
     api_key_env: str | None = Field(
@@ -176,7 +177,7 @@ class PolicyConfig(Section):
         if self.kind == "openai" and (not self.model or not self.base_url):
             raise ValueError("an openai policy needs 'model' and 'base_url'")
         if self.kind == "hf" and not self.model:
-            raise ValueError("an hf policy needs 'model' (a folder, an id, a URI, or 'base')")
+            raise ValueError("an hf policy needs 'model' (a folder, an id, a URI, 'base' or 'sft')")
         return self
 
     @property
@@ -222,7 +223,7 @@ class EvaluateConfig(Section):
     )
     policies: list[PolicyConfig] = Field(
         default_factory=lambda: [PolicyConfig(kind="random"), PolicyConfig(kind="oracle")],
-        description="Players to compare (the pipeline adds its trained models).",
+        description="Players to compare; an hf player with model 'base' or 'sft' plays a pipeline model.",
     )
     runs: int = Field(default=10, ge=1, description="Runs per game from fresh boards (paper: 10).")
     steps: int = Field(default=100, ge=1, description="Steps per run (paper: 100).")
@@ -242,6 +243,117 @@ class EvaluateConfig(Section):
         return policies
 
 
+class LoraSettings(Section):
+    r: int = Field(
+        default=0, ge=0, description="LoRA rank; 0 trains all weights (needs the peft package if > 0)."
+    )
+    alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Language-model linear layers that get adapters (the final model is merged).",
+    )
+
+
+DEEPSPEED_PRESETS = ("zero2", "zero3")  # configs/deepspeed/<name>.json
+
+
+class SftConfig(Section):
+    # ---- data ----
+    games: list[str] = Field(
+        default=[], description="Games (or game specs) of the data set to train on; empty = all of them."
+    )
+    game_weights: dict[str, float] = Field(
+        default={},
+        description="Sampling weight per game; empty = each game as often as it has samples (a plain epoch).",
+    )
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training samples (paper: 1).")
+    samples: int | None = Field(
+        default=None, ge=1, description="Training samples to draw in all; overrides epochs when set."
+    )
+    heldout_per_game: int = Field(
+        default=32, ge=0, description="States per game kept out of training to measure perception."
+    )
+    # ---- optimisation ----
+    learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule over the run."
+    )
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    batch_size: int = Field(default=16, ge=1, description="Samples per device per forward pass.")
+    grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
+    seed: int = Field(default=0, description="Seed of the weights' noise, the data mix and the data order.")
+    freeze_vision: bool = Field(
+        default=False, description="Freeze the vision tower (patch embedding and blocks; the merger trains)."
+    )
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="Low-rank adapters instead of full SFT."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory, more compute."
+    )
+    bf16: Literal["auto", "on", "off"] = Field(
+        default="auto", description="bf16 mixed precision: auto = on GPUs that support it, never on CPU."
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for torch per process; None = the machine's cores shared by its processes.",
+    )
+    # ---- scale-out (one node) ----
+    num_processes: int | Literal["auto"] = Field(
+        default=1,
+        description="Training processes on this node, one per GPU: 'auto' = every visible CUDA GPU (1 on "
+        "CPU); > 1 launches worker processes (accelerate launch) that run the same code.",
+    )
+    deepspeed: str | None = Field(
+        default=None,
+        description="DeepSpeed ZeRO: 'zero2' or 'zero3' (configs/deepspeed/), or the path of a DeepSpeed "
+        "JSON config; None = no DeepSpeed (plain DDP when num_processes > 1).",
+    )
+    max_train_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop training after this much wall time (benchmarks); None = no limit.",
+    )
+    # ---- checkpoints, logging, evaluation ----
+    checkpoint_every: int = Field(default=200, ge=1, description="Optimizer steps between checkpoints.")
+    keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept locally and in the store.")
+    log_every: int = Field(default=10, ge=1, description="Steps between loss / lr / tokens-per-s records.")
+    eval_every: int = Field(
+        default=100, ge=0, description="Steps between held-out evaluations; 0 = only before and after."
+    )
+    eval_batch_size: int = Field(default=32, ge=1, description="Held-out states per generation batch.")
+    eval_max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Longest generated reply; None = longest training answer + 16 tokens."
+    )
+
+    @model_validator(mode="after")
+    def _weights(self):
+        bad = {g: w for g, w in self.game_weights.items() if w < 0}
+        if bad:
+            raise ValueError(f"game_weights must be >= 0, got {bad}")
+        if self.game_weights and not any(self.game_weights.values()):
+            raise ValueError("game_weights: at least one weight must be > 0")
+        return self
+
+    @field_validator("num_processes")
+    @classmethod
+    def _processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"must be >= 1 or 'auto', got {value}")
+        return value
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed(cls, value: str | None) -> str | None:
+        if value is not None and value not in DEEPSPEED_PRESETS and not value.endswith(".json"):
+            raise ValueError(f"must be one of {', '.join(DEEPSPEED_PRESETS)} or a .json file, got {value!r}")
+        return value
+
+
 class TrackingConfig(Section):
     experiment: str = Field(default="g1", description="MLflow experiment that holds the pipeline's runs.")
 
@@ -256,6 +368,7 @@ class PipelineConfig(Section):
         default_factory=ModelConfig, description="The base model every stage starts from."
     )
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Teacher distillation stage.")
+    sft: SftConfig = Field(default_factory=SftConfig, description="Perception-enhanced SFT (cold start).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation stage.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
 

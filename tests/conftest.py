@@ -18,3 +18,21 @@ def game(request) -> str:
 
 def make_small(name: str, **knobs):
     return gym.make(name, screen_size=knobs.pop("screen_size", SMALL), **knobs)
+
+
+def distill_oracle_data(folder, games: list[str], states_per_game: int, screen: int = 112) -> str:
+    """A small data set distilled for real from the perfect oracle teacher, for the SFT tests."""
+    from g1core.config import load_config
+    from g1core.stages import distill
+
+    cfg = load_config(
+        None,
+        [
+            f"distill.gym.games=[{', '.join(games)}]",
+            f"distill.gym.screen_size=[{screen},{screen}]",
+            f"distill.states_per_game={states_per_game}",
+            "distill.teacher.skill=1.0",
+        ],
+    )
+    distill.run(cfg, str(folder), progress=False)
+    return str(folder)

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from conftest import distill_oracle_data
 from safetensors.torch import load_file
 
 from g1core import storage
 from g1core.bench_sft import register_cli
-from g1core.config import ConfigError, load_config
+from g1core.config import ConfigError
 from g1core.models.loading import IGNORE_INDEX, load_model
 from g1core.stages import distill, sft
 
@@ -18,18 +19,7 @@ SCREEN = 112
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
     """A small oracle-teacher data set: 2048 and Swap states at 112x112 (distilled for real)."""
-    out = tmp_path_factory.mktemp("sft-data") / "data"
-    cfg = load_config(
-        None,
-        [
-            "distill.gym.games=[2048, swap]",
-            f"distill.gym.screen_size=[{SCREEN},{SCREEN}]",
-            "distill.states_per_game=24",
-            "distill.teacher.skill=1.0",
-        ],
-    )
-    distill.run(cfg, str(out), progress=False)
-    return str(out)
+    return distill_oracle_data(tmp_path_factory.mktemp("sft-data") / "data", ["2048", "swap"], 24, SCREEN)
 
 
 def _cfg(**sft_fields) -> sft.SftRunConfig:

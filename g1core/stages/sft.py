@@ -14,6 +14,26 @@ and its end-of-turn token only), so the same code serves the tiny CPU model and 
 - **Output**, under one URI: ``model/`` (Hugging Face format with its processor: loadable by
   :func:`g1core.models.loading.load_model` and by vLLM), ``result.json`` (summary and eval history),
   ``checkpoints/``.
+- **Options**: ``freeze_vision`` (patch embedding and vision blocks frozen, the merger trains), ``lora``
+  (peft adapters on the language model's linear layers, merged into plain weights at the end),
+  ``gradient_checkpointing``, ``bf16`` (mixed precision over fp32 master weights; GPU only, the final
+  model is then saved in bf16).
+
+**Running on N GPUs of one node.** Set ``sft.num_processes`` (``auto`` = every visible GPU) and, for
+models whose training state does not fit one GPU, ``sft.deepspeed`` (``zero2``: optimizer states and
+gradients sharded; ``zero3``: weights too; or the path of a DeepSpeed JSON)::
+
+    g1 sft --config g1-paper --run-id r1 --set sft.num_processes=auto --set sft.deepspeed=zero2
+
+The stage's process then downloads the data set, model and newest checkpoint once and runs
+``accelerate launch --config_file configs/accelerate/<zero2|zero3|multi-gpu>.yaml --num_processes N
+-m g1core.distributed <spec>`` (see :mod:`g1core.distributed`): N workers run this same code on their
+share of each batch (``batch_size`` is per process: the global batch is ``batch_size * grad_accum * N``);
+rank 0 alone uploads checkpoints, writes ``result.json`` and the model, and reports metrics through a
+JSON-lines file that the stage's process forwards to MLflow. The DeepSpeed JSONs live in
+``configs/deepspeed/`` (copied into the images, found through ``G1_CONFIG_DIR``); their ``auto`` values
+come from this section. On CPU the same code runs (gloo instead of NCCL) and never compiles a DeepSpeed
+op: torch's AdamW replaces DeepSpeed's, and the shared-memory collective op is not built.
 """
 
 from __future__ import annotations
@@ -26,15 +46,16 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from .. import storage
-from ..config import ModelConfig, Section, TrackingConfig
+from .. import distributed, storage
+from ..config import ModelConfig, Section, SftConfig, TrackingConfig
 from ..gym import answer
 
 log = logging.getLogger(__name__)
@@ -42,87 +63,6 @@ log = logging.getLogger(__name__)
 MetricsSink = Callable[[dict[str, float], int], None]  # (metrics, step), e.g. StageRun.log_metrics
 LATEST = "LATEST"  # names the newest fully uploaded checkpoint under <output>/checkpoints/
 RESULT = "result.json"
-
-
-class LoraSettings(Section):
-    r: int = Field(
-        default=0, ge=0, description="LoRA rank; 0 trains all weights (needs the peft package if > 0)."
-    )
-    alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r).")
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
-    target_modules: list[str] = Field(
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Language-model linear layers that get adapters (the final model is merged).",
-    )
-
-
-class SftConfig(Section):
-    # ---- data ----
-    games: list[str] = Field(
-        default=[], description="Games (or game specs) of the data set to train on; empty = all of them."
-    )
-    game_weights: dict[str, float] = Field(
-        default={},
-        description="Sampling weight per game; empty = each game as often as it has samples (a plain epoch).",
-    )
-    epochs: float = Field(default=1.0, gt=0, description="Passes over the training samples (paper: 1).")
-    samples: int | None = Field(
-        default=None, ge=1, description="Training samples to draw in all; overrides epochs when set."
-    )
-    heldout_per_game: int = Field(
-        default=32, ge=0, description="States per game kept out of training to measure perception."
-    )
-    # ---- optimisation ----
-    learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        default="cosine", description="Learning-rate schedule over the run."
-    )
-    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    batch_size: int = Field(default=16, ge=1, description="Samples per device per forward pass.")
-    grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
-    seed: int = Field(default=0, description="Seed of the weights' noise, the data mix and the data order.")
-    freeze_vision: bool = Field(
-        default=False, description="Freeze the vision tower (patch embedding and blocks; the merger trains)."
-    )
-    lora: LoraSettings = Field(
-        default_factory=LoraSettings, description="Low-rank adapters instead of full SFT."
-    )
-    gradient_checkpointing: bool = Field(
-        default=False, description="Recompute activations in the backward pass: less memory, more compute."
-    )
-    bf16: Literal["auto", "on", "off"] = Field(
-        default="auto", description="bf16 mixed precision: auto = on GPUs that support it, never on CPU."
-    )
-    threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for torch; None = every core of the machine."
-    )
-    max_train_minutes: float | None = Field(
-        default=None,
-        gt=0,
-        description="Stop training after this much wall time (benchmarks); None = no limit.",
-    )
-    # ---- checkpoints, logging, evaluation ----
-    checkpoint_every: int = Field(default=200, ge=1, description="Optimizer steps between checkpoints.")
-    keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept locally and in the store.")
-    log_every: int = Field(default=10, ge=1, description="Steps between loss / lr / tokens-per-s records.")
-    eval_every: int = Field(
-        default=100, ge=0, description="Steps between held-out evaluations; 0 = only before and after."
-    )
-    eval_batch_size: int = Field(default=32, ge=1, description="Held-out states per generation batch.")
-    eval_max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Longest generated reply; None = longest training answer + 16 tokens."
-    )
-
-    @model_validator(mode="after")
-    def _weights(self):
-        bad = {g: w for g, w in self.game_weights.items() if w < 0}
-        if bad:
-            raise ValueError(f"game_weights must be >= 0, got {bad}")
-        if self.game_weights and not any(self.game_weights.values()):
-            raise ValueError("game_weights: at least one weight must be > 0")
-        return self
 
 
 class SftRunConfig(Section):
@@ -272,9 +212,18 @@ class Collator:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 def evaluate_heldout(
-    model, processor, rows: Sequence[dict], images: ImageCache, max_new_tokens: int, batch_size: int = 32
+    model,
+    processor,
+    rows: Sequence[dict],
+    images: ImageCache,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    synced: bool = False,
 ) -> dict[str, float]:
-    """Greedy replies on held-out states: perception exact-match and format rate, overall and per game."""
+    """Greedy replies on held-out states: perception exact-match and format rate, overall and per game.
+
+    ``synced``: every rank generates in lockstep (ZeRO-3 gathers the sharded weights in each forward).
+    """
     import torch
 
     from ..models.loading import build_inputs
@@ -288,9 +237,13 @@ def evaluate_heldout(
             inputs = build_inputs(
                 processor, [images(r["image"]) for r in chunk], [r["prompt"] for r in chunk]
             )
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: ZeRO-3 keeps weights it gathers here for training
                 out = model.generate(
-                    **inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, use_cache=True
+                    **inputs.to(model.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    use_cache=True,
+                    synced_gpus=synced,
                 )
             texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             for row, text in zip(chunk, texts, strict=True):
@@ -359,7 +312,10 @@ def _callbacks():
 
         def on_step_end(self, args, state, control, **kwargs):
             limit = self.run.s.max_train_minutes
-            if limit is not None and time.perf_counter() - self.run.started > limit * 60:
+            if limit is None:
+                return
+            over = time.perf_counter() - self.run.started > limit * 60
+            if distributed.any_rank(over, args.device):  # every rank stops at the same step
                 log.info("max_train_minutes=%g reached at step %d; stopping", limit, state.global_step)
                 control.should_training_stop = True
 
@@ -367,7 +323,8 @@ def _callbacks():
 
 
 def _trainer_class():
-    """``SFTTrainer`` that restores checkpoint weights through ``from_pretrained``.
+    """``SFTTrainer`` whose loss is the token mean of each optimizer step, and that restores checkpoint
+    weights through ``from_pretrained``.
 
     transformers 5 saves Qwen2.5-VL checkpoints under the original (hub) key names but the Trainer's resume
     loads them with a bare ``load_state_dict(strict=False)``, which matches none of them and silently keeps
@@ -377,6 +334,13 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class G1SFTTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # Qwen2.5-VL declares no loss kwargs, so the Trainer would not count the answer tokens of a
+            # whole step and the loss would be a mean of per-micro-batch means (over accumulation steps and
+            # processes); with the count, TRL's loss is the token mean of the step, however it is split.
+            self.model_accepts_loss_kwargs = True
+
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             model = self.model if model is None else model
             if is_peft_model(model) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
@@ -425,11 +389,14 @@ class SftRun:
         self.local = root / hashlib.sha256(output_uri.encode()).hexdigest()[:16]
         self.history: list[dict] = []
         self.started = time.perf_counter()
+        self.main = distributed.rank() == 0  # rank 0 alone uploads, writes the outputs and reports metrics
+        self.world = 1  # training processes, known once the Trainer's arguments are built
+        self.ds_config: dict | None = None
 
     # ---- helpers used by the callbacks -----------------------------------------------------------
     def emit(self, metrics: dict[str, float], step: int) -> None:
         """Send metrics to the sink (MLflow in the pipeline); a failing sink never stops training."""
-        if self.on_metrics is None or not metrics:
+        if self.on_metrics is None or not metrics or not self.main:
             return
         try:
             self.on_metrics(metrics, step)
@@ -441,8 +408,15 @@ class SftRun:
         if not self.heldout:
             return {}
         t0 = time.perf_counter()
+        synced = self.world > 1 and distributed.zero_stage(self.ds_config) == 3
         metrics = evaluate_heldout(
-            model, self.processor, self.heldout, self.images, self.max_new_tokens, self.s.eval_batch_size
+            model,
+            self.processor,
+            self.heldout,
+            self.images,
+            self.max_new_tokens,
+            self.s.eval_batch_size,
+            synced,
         )
         entry = {"step": state.global_step, "samples_seen": self.samples_seen(state), **metrics}
         state.log_history.append({"g1_eval": entry})
@@ -454,11 +428,20 @@ class SftRun:
         self.emit(metrics, state.global_step)
         return metrics
 
+    def samples_per_step(self) -> int:
+        """Training samples per optimizer step, over every process."""
+        return self.s.batch_size * self.s.grad_accum * self.world
+
     def samples_seen(self, state) -> int:
-        return min(state.global_step * self.s.batch_size * self.s.grad_accum, len(self.train))
+        return min(state.global_step * self.samples_per_step(), len(self.train))
 
     def mirror_checkpoint(self, step: int) -> None:
-        """Copy ``checkpoint-<step>`` to the store, mark it newest, drop stored ones the Trainer dropped."""
+        """Copy ``checkpoint-<step>`` to the store, mark it newest, drop stored ones the Trainer dropped.
+
+        Rank 0 uploads once every rank has written its part (DeepSpeed shards its optimizer states)."""
+        distributed.barrier()
+        if not self.main:
+            return
         name = f"checkpoint-{step}"
         remote = storage.join(self.uri, "checkpoints")
         storage.put_dir(self.local / "trainer" / name, storage.join(remote, name))
@@ -520,7 +503,10 @@ class SftRun:
 
         m = self.cfg.model
         budget = PixelBudget(m.pixels.min_pixels, m.pixels.max_pixels)
-        model, self.processor = load_model(resolve_model(m.name_or_path), dtype=m.dtype, budget=budget)
+        dtype = "float32" if m.dtype == "auto" else m.dtype  # fp32 master weights; bf16 runs as autocast
+        model, self.processor = load_model(
+            resolve_model(m.name_or_path), dtype=dtype, device=self._device(), budget=budget
+        )
         for image_size, prompt in {(tuple(r["image_size"]), r["prompt"]) for r in self.train + self.heldout}:
             preflight(self.processor, image_size, prompt, m.max_prompt_tokens)
         longest = max(len(self.processor.tokenizer(r["answer"])["input_ids"]) for r in self.train)
@@ -532,6 +518,14 @@ class SftRun:
         if self.s.lora.r > 0:
             model = self._with_lora(model)
         return model
+
+    def _device(self) -> str:
+        """Where this process loads the weights: its own GPU, or the CPU (ZeRO-3 shards them from there)."""
+        import torch
+
+        if not torch.cuda.is_available() or distributed.zero_stage(self.ds_config) == 3:
+            return "cpu"
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
 
     def _with_lora(self, model):
         try:
@@ -568,7 +562,9 @@ class SftRun:
             data_seed=s.seed,
             bf16=bf16,
             use_cpu=not cuda,
-            gradient_checkpointing=s.gradient_checkpointing,
+            deepspeed=self.ds_config,
+            activation_checkpointing=s.gradient_checkpointing,
+            ddp_find_unused_parameters=False,  # every trainable weight takes part in every forward
             logging_steps=s.log_every,
             save_strategy="steps",
             save_steps=s.checkpoint_every,
@@ -587,39 +583,51 @@ class SftRun:
         if storage.exists(done):
             log.info("%s already holds a finished SFT run; nothing to do", self.uri)
             return SftResult(**json.loads(storage.read_bytes(done)))
-        import torch
-        from datasets import Dataset
+        processes = distributed.resolve_num_processes(self.s.num_processes)
+        if processes > 1 and not distributed.launched():
+            return self._launch(processes)
+        return self._train()
 
-        torch.set_num_threads(self.s.threads or os.cpu_count() or 1)
+    def _launch(self, processes: int) -> SftResult:
+        """Train in ``processes`` workers (see :mod:`g1core.distributed`) after doing once what all need."""
+        from ..policies import resolve_model
+
+        data = _local_dataset(self.dataset_uri)
+        model = self.cfg.model.model_copy(update={"name_or_path": resolve_model(self.cfg.model.name_or_path)})
+        self._restore_checkpoint()  # downloaded here once; the workers find it in the shared work dir
+        args = {
+            "cfg": {"model": model.model_dump(mode="json"), "sft": self.s.model_dump(mode="json")},
+            "dataset_uri": str(data),
+            "output_uri": self.uri,
+            "progress": self.progress,
+            "work_dir": str(self.local.parent),
+        }
+        distributed.launch(
+            f"{__name__}:_worker", args, processes, self.local / "launch", self.s.deepspeed, self.emit
+        )
+        return SftResult(**json.loads(storage.read_bytes(storage.join(self.uri, RESULT))))
+
+    def _train(self) -> SftResult:
+        """Train in this process (alone, or as one rank of a launch)."""
+        import torch
+
+        if self.s.deepspeed:
+            self.ds_config = distributed.load_deepspeed_config(self.s.deepspeed, torch.cuda.is_available())
+            distributed.disable_cpu_op_builds()
+            if distributed.zero_stage(self.ds_config) == 3 and self.s.lora.r > 0:
+                raise ValueError("sft.lora.r > 0 with a ZeRO-3 sft.deepspeed: not supported, use zero2")
+        cores = max(1, (os.cpu_count() or 1) // distributed.local_world_size())
+        torch.set_num_threads(self.s.threads or cores)
         self._load_data()
         model = self._load_model()
         resume = self._restore_checkpoint()
-        # The Trainer's sampler orders (and on resume skips) row numbers; the collator looks the rows up.
-        dataset = Dataset.from_dict({"row": list(range(len(self.train)))})
-        evaluate, throughput, mirror = _callbacks()
-        trainer = _trainer_class()(
-            model=model,
-            args=self._training_args(),
-            data_collator=Collator(self.processor, self.images, self.train),
-            train_dataset=dataset,
-            processing_class=self.processor,
-            callbacks=[evaluate(self), throughput(self), mirror(self)],
-        )
-        _quiet_console(trainer, self.progress)
-        self.started = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=resume)
-        seconds = time.perf_counter() - self.started
+        with distributed.deepspeed_session() if self.ds_config else nullcontext():
+            trainer, output, seconds = self._fit(model, resume)
+            evals = self._final_evals(trainer)
+            model_uri = self._save_final(trainer)
         state = trainer.state
-        evals = [e["g1_eval"] for e in state.log_history if "g1_eval" in e]
-        final = evals[-1] if evals and evals[-1]["step"] == state.global_step else None
-        if final is None:
-            self.record_eval(trainer.model, state)
-            evals = [e["g1_eval"] for e in state.log_history if "g1_eval" in e]
-            final = evals[-1] if evals else {}
-        model_uri = self._save_final(trainer)
         steps_run = state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
         tokens = float(getattr(trainer, "_total_train_tokens", 0))
-        samples_run = steps_run * self.s.batch_size * self.s.grad_accum
         result = SftResult(
             uri=self.uri,
             model_uri=model_uri,
@@ -628,30 +636,82 @@ class SftRun:
             train_samples=len(self.train),
             heldout_states=len(self.heldout),
             train_seconds=seconds,
-            samples_per_s=samples_run / seconds if seconds else 0.0,
+            samples_per_s=steps_run * self.samples_per_step() / seconds if seconds else 0.0,
             tokens_per_s=tokens / seconds if seconds else 0.0,
             train_loss=float(output.training_loss),
             resumed_from_step=state.global_step - steps_run,
-            final={k: v for k, v in (final or {}).items() if k.startswith("heldout.")},
+            final={k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("heldout.")},
             history=evals,
         )
-        storage.write_bytes(done, json.dumps(result.to_dict(), indent=2).encode())
-        log.info("SFT done: %d steps, model in %s", result.steps, model_uri)
+        if self.main:
+            done = json.dumps(result.to_dict(), indent=2).encode()
+            storage.write_bytes(storage.join(self.uri, RESULT), done)
+            log.info("SFT done: %d steps, model in %s", result.steps, model_uri)
         return result
 
+    def _fit(self, model, resume: str | None):
+        """(trainer, train output, seconds): the Trainer built over this run's data, and its training."""
+        from datasets import Dataset
+
+        # The Trainer's sampler orders (and on resume skips) row numbers; the collator looks the rows up.
+        dataset = Dataset.from_dict({"row": list(range(len(self.train)))})
+        evaluate, throughput, mirror = _callbacks()
+        args = self._training_args()
+        self.world = args.world_size
+        trainer = _trainer_class()(
+            model=model,
+            args=args,
+            data_collator=Collator(self.processor, self.images, self.train),
+            train_dataset=dataset,
+            processing_class=self.processor,
+            callbacks=[evaluate(self), throughput(self), mirror(self)],
+        )
+        _quiet_console(trainer, self.progress and self.main)
+        self.started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=resume)
+        return trainer, output, time.perf_counter() - self.started
+
+    def _final_evals(self, trainer) -> list[dict]:
+        """The run's held-out evaluations, the last one at the final step (evaluated now if need be)."""
+        state = trainer.state
+        evals = [e["g1_eval"] for e in state.log_history if "g1_eval" in e]
+        if not evals or evals[-1]["step"] != state.global_step:
+            self.record_eval(trainer.model, state)
+            evals = [e["g1_eval"] for e in state.log_history if "g1_eval" in e]
+        return evals
+
     def _save_final(self, trainer) -> str:
-        """The trained model (adapters merged) and its processor, in HF format, to ``<uri>/model``."""
+        """The trained model (adapters merged) and its processor, in HF format, to ``<uri>/model``.
+
+        Under ZeRO-3 every rank first takes part in gathering the sharded weights; rank 0 writes them."""
+        import torch
+
+        model_uri = storage.join(self.uri, "model")
+        state_dict = None
+        if distributed.zero_stage(self.ds_config) == 3:
+            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        if not self.main:
+            return model_uri
         model = trainer.model
         if self.s.lora.r > 0:
             model = model.merge_and_unload()
+        if trainer.args.bf16 and state_dict is None:
+            model = model.to(torch.bfloat16)  # trained in bf16 mixed precision: kept (and served) in bf16
         out = self.local / "final"
         if out.exists():
             shutil.rmtree(out)
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state_dict)
         self.processor.save_pretrained(out)
-        model_uri = storage.join(self.uri, "model")
         storage.put_dir(out, model_uri)
         return model_uri
+
+
+def _worker(args: dict) -> None:
+    """One process of a launched run (:func:`g1core.distributed.launch`): the same run, on its share of data;
+    rank 0 writes its metrics to the log the parent forwards."""
+    sink = distributed.MetricsLog(args["metrics_log"]) if distributed.rank() == 0 else None
+    cfg = SftRunConfig.model_validate(args["cfg"])
+    SftRun(cfg, args["dataset_uri"], args["output_uri"], args["progress"], sink, args["work_dir"]).run()
 
 
 def run(
