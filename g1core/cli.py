@@ -136,8 +136,14 @@ def cmd_stage(args) -> int:
     from g1core.stages import run_stage
 
     cfg = load_config(args.config, args.overrides)
+    upstream = {"distill": args.dataset} if getattr(args, "dataset", None) else None
     uri = run_stage(
-        args.stage, cfg, _run_id(args), output_uri=args.output, finish_pipeline=args.finish_pipeline
+        args.stage,
+        cfg,
+        _run_id(args),
+        output_uri=args.output,
+        finish_pipeline=args.finish_pipeline,
+        upstream=upstream,
     )
     print(uri)
     return 0
@@ -222,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage, text in (
         ("distill", "teacher distillation: the cold-start data set"),
+        ("sft", "perception-enhanced SFT (cold start) on the distilled data set"),
         ("evaluate", "score players under the paper's protocol, with a report"),
     ):
         p = top.add_parser(stage, help=text)
@@ -235,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--finish-pipeline", action="store_true", help="mark the pipeline's MLflow run finished"
         )
         p.add_argument("--output", help="output URI (default: <artifact root>/<name>/<run id>/<stage>)")
+        if stage == "sft":
+            p.add_argument(
+                "--dataset",
+                metavar="URI",
+                help="the distilled data set (default: the distill stage's output of the same --run-id)",
+            )
         p.set_defaults(fn=cmd_stage, stage=stage)
 
     pipe = top.add_parser("pipeline", help="compile, run locally, or submit the Kubeflow pipeline")
@@ -271,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from g1core.distributed import settle_deepspeed_accelerator
+
+    settle_deepspeed_accelerator()
     try:
         return args.fn(args)
     except (G1Error, ValueError, FileNotFoundError, ModuleNotFoundError) as err:

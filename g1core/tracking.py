@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,10 +23,10 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # else every process hangs ~20 s at exit
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # library code keeps stdout clean
 
-from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL, MLFLOW_PARENT_RUN_ID  # noqa: E402
 from mlflow.utils.validation import (  # noqa: E402
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
@@ -39,6 +40,8 @@ PIPELINE_TAG = "g1.pipeline_run_id"
 STAGE_TAG = "g1.stage"
 ROLE_TAG = "g1.role"  # "pipeline" on parent runs
 ERROR_TAG = "g1.error"
+MODEL_URI_TAG = "g1.model_uri"  # where a stage's model is stored (runs and logged models)
+MODEL_ID_TAG = "g1.model_id"  # the MLflow LoggedModel that records it
 DEFAULT_EXPERIMENT = "g1"
 PARENT_SETTLE_S = 1.5  # longer than creating a run takes (and than clock skew between pods)
 
@@ -99,12 +102,17 @@ class StageRun:
         self.client = client
         self.run_id = run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log numeric metrics at ``step`` (default 0), in as few requests as MLflow allows."""
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, model_id: str | None = None
+    ) -> None:
+        """Log numeric metrics at ``step`` (default 0), in as few requests as MLflow allows.
+
+        With ``model_id`` (a LoggedModel of this run) they are also shown on that model's page.
+        """
         stamp, entries = _now_ms(), []
         for key, value in metrics.items():
             try:
-                entries.append(Metric(key, float(value), stamp, step or 0))
+                entries.append(Metric(key, float(value), stamp, step or 0, model_id=model_id))
             except (TypeError, ValueError):
                 raise ValueError(f"metric {key!r} must be a number, got {value!r}") from None
         for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
@@ -133,6 +141,49 @@ class StageRun:
     def log_dict(self, obj: Any, file_name: str) -> None:
         """Store a dict/list as a JSON or YAML artifact (by the extension of ``file_name``)."""
         self.client.log_dict(self.run_id, obj, file_name)
+
+    def log_model_reference(
+        self,
+        uri: str,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        model_type: str = "hf-image-text-to-text",
+        step: int = 0,
+    ) -> str:
+        """Record the model stored at ``uri`` as an MLflow LoggedModel of this run, without copying it.
+
+        Weights stay in the artifact store (S3 or a folder); MLflow gets an *external* model (as
+        ``mlflow.create_external_model`` makes, on this run's tracking server) that names ``uri`` in
+        the tag ``g1.model_uri``, an MLmodel stub so that it can be registered, and a link as this run's
+        output. The run is tagged with the URI and the model id too. Returns the model id.
+        """
+        from mlflow.models.model import MLMODEL_FILE_NAME
+        from mlflow.models.utils import get_external_mlflow_model_spec
+
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        model_tags = {k: _text(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
+        model_tags.update({MLFLOW_MODEL_IS_EXTERNAL: "true", MODEL_URI_TAG: uri})
+        model = self.client.create_logged_model(
+            experiment_id,
+            name=name,
+            source_run_id=self.run_id,
+            tags=model_tags,
+            params=flatten(params or {}),
+            model_type=model_type,
+        )
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                get_external_mlflow_model_spec(model).save(Path(tmp) / MLMODEL_FILE_NAME)
+                self.client.log_model_artifacts(model.model_id, tmp)
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step)])
+        self.set_tags({MODEL_URI_TAG: uri, MODEL_ID_TAG: model.model_id})
+        log.info("model %s recorded in MLflow by reference: %s", uri, model.model_id)
+        return model.model_id
 
 
 class Tracker:

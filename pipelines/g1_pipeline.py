@@ -1,14 +1,17 @@
-"""The g1 pipeline: distill -> evaluate (teacher, base model and random baselines).
+"""The g1 pipeline: distill -> sft -> evaluate (base model, SFT model, teacher and random baselines).
 
 Each stage is a lightweight KFP component (components/), so the same function runs in a pod and in
-``kfp.local``. Pod settings (GPUs, secrets, node selectors, /dev/shm) are compiled in from
-``STAGE_RESOURCES``; edit them there and run ``g1 pipeline compile``.
+``kfp.local``. A stage's output URI is the next one's input: sft trains on distill's data set and
+evaluate plays sft's model (``kind: hf, model: sft``). Pod settings (GPUs, secrets, node selectors,
+/dev/shm, retries) are compiled in from ``STAGE_RESOURCES``; edit them there and run
+``g1 pipeline compile``. The SFT stage's GPU count is also a pipeline parameter (``sft_gpus``).
 """
 
 from kfp import dsl, kubernetes
 
 from components.distill import distill
 from components.evaluate import evaluate
+from components.sft import sft
 from g1core.config import config_to_json, load_config
 
 # Embedded default: the paper's recipe. `g1 pipeline run --local` passes the local-tiny preset instead.
@@ -36,6 +39,16 @@ DATA_PVC = ("g1-data", "/data")
 STAGE_RESOURCES = {
     # retries: a restarted distill pod resumes from its shards (same pipeline run id, same output URI)
     "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi", "retries": 3},
+    # retries: a killed SFT pod resumes from the checkpoints under its output URI (same run id)
+    "sft": {
+        "cpu": "32",
+        "memory": "256G",
+        "gpus": 8,
+        "accelerator": "nvidia.com/gpu",
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "shm": "64Gi",
+        "retries": 3,
+    },
     "evaluate": {
         "cpu": "8",
         "memory": "64G",
@@ -47,12 +60,14 @@ STAGE_RESOURCES = {
 }
 
 
-def configure(task: dsl.PipelineTask, stage: str, secrets=(S3_SECRET, HF_SECRET)) -> dsl.PipelineTask:
-    """Apply a stage's pod settings to its task."""
+def configure(
+    task: dsl.PipelineTask, stage: str, secrets=(S3_SECRET, HF_SECRET), gpus=None
+) -> dsl.PipelineTask:
+    """Apply a stage's pod settings to its task; ``gpus`` (e.g. a pipeline parameter) overrides the count."""
     r = STAGE_RESOURCES[stage]
     task.set_cpu_request(r["cpu"]).set_memory_request(r["memory"])
     if r.get("gpus"):
-        task.set_accelerator_type(r["accelerator"]).set_accelerator_limit(r["gpus"])
+        task.set_accelerator_type(r["accelerator"]).set_accelerator_limit(gpus or r["gpus"])
     for key, value in r.get("node_selector", {}).items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     if r.get("shm"):
@@ -74,14 +89,26 @@ def configure(task: dsl.PipelineTask, stage: str, secrets=(S3_SECRET, HF_SECRET)
     return task
 
 
-@dsl.pipeline(name="g1", description="G1: distill a teacher's answers, evaluate the players (spec §6-7).")
-def g1_pipeline(config_json: str = DEFAULT_CONFIG_JSON, artifact_root: str = "") -> str:
+@dsl.pipeline(
+    name="g1",
+    description="G1: distill a teacher's answers, SFT cold start on them, evaluate the players (spec §6-7).",
+)
+def g1_pipeline(
+    config_json: str = DEFAULT_CONFIG_JSON,
+    artifact_root: str = "",
+    sft_gpus: int = STAGE_RESOURCES["sft"]["gpus"],
+) -> str:
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     data = distill(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
     configure(data, "distill", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
     data.set_display_name("distill")
+    tuned = sft(
+        config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root, dataset_uri=data.output
+    )
+    configure(tuned, "sft", gpus=sft_gpus)
+    tuned.set_display_name("sft")
     report = evaluate(
-        config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root, after_uri=data.output
+        config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root, sft_uri=tuned.output
     )
     configure(report, "evaluate", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
     report.set_display_name("evaluate")

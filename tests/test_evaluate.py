@@ -5,7 +5,8 @@ import io
 import json
 
 from g1core import storage
-from g1core.config import load_config
+from g1core.config import PolicyConfig, load_config
+from g1core.policies import resolve_model
 from g1core.stages import evaluate
 
 
@@ -64,7 +65,7 @@ def test_players_are_checked_before_any_play_and_partial_results_kept(tmp_path):
         ["evaluate.games=[swap]", "evaluate.runs=1", "evaluate.steps=2", "model.max_prompt_tokens=64"],
     )
     with pytest.raises(ValueError, match="max_prompt_tokens"):
-        evaluate.run(cfg, str(tmp_path / "early"), progress=False)
+        evaluate.run(cfg, str(tmp_path / "early"), progress=False, models={"sft": resolve_model("tiny")})
     assert not storage.exists(str(tmp_path / "early" / "results.json"))  # nothing was played
 
     class Broken:
@@ -96,3 +97,26 @@ def test_duplicate_player_names_are_refused():
 
     with pytest.raises(ConfigError, match="distinct 'name'"):
         load_config(None, ["evaluate.policies=[{kind: random}, {kind: random, seed: 1}]"])
+
+
+def test_players_name_the_models_of_training_stages(tmp_path):
+    """``kind: hf, model: sft`` plays the model the pipeline's sft stage trained (given as a URI)."""
+    import pytest
+
+    trained = resolve_model("tiny")  # any Hugging Face folder stands in for an SFT model here
+    cfg = load_config("local-tiny", ["evaluate.games=[swap]", "evaluate.runs=1", "evaluate.steps=1"])
+    players = evaluate.stage_models(cfg.evaluate.policies, {"sft": trained})
+    assert [p.label for p in players] == [p.label for p in cfg.evaluate.policies]
+    assert [p.model for p in players if p.kind == "hf"] == ["base", trained]  # 'base' stays the base model
+
+    with pytest.raises(ValueError, match=r"evaluate.policies.3 \(sft-tiny\): model 'sft'.*no sft output"):
+        evaluate.stage_models(cfg.evaluate.policies, None)
+    missing = str(tmp_path / "run" / "sft" / "model")
+    with pytest.raises(FileNotFoundError, match=f"no trained model at '{missing}'"):
+        evaluate.stage_models(cfg.evaluate.policies, {"sft": missing})
+
+    sft_player = PolicyConfig(kind="hf", model="sft", max_new_tokens=4)
+    result = evaluate.run(
+        cfg, str(tmp_path / "eval"), policies=[sft_player], progress=False, models={"sft": trained}
+    )
+    assert [(r["game"], r["policy"]) for r in result.table()] == [("swap", "hf:sft")]

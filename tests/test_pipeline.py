@@ -1,6 +1,7 @@
 """The KFP pipeline: compiled YAML is current, pod settings are compiled in, and the DAG runs locally."""
 
 import filecmp
+import json
 import os
 import subprocess
 import sys
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import yaml
 
+from components.images import image_for
 from g1core import storage
 from g1core.config import load_config
 from g1core.stages import run_stage
 from g1core.tracking import runs_table
 from pipelines.compile import COMPILED, compile_all
+from pipelines.g1_pipeline import STAGE_RESOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,53 +32,88 @@ def test_compiled_pipelines_are_current(tmp_path):
 def test_pod_settings_are_compiled_in():
     ir = list(yaml.safe_load_all((COMPILED / "g1_pipeline.yaml").read_text()))
     platform = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    evaluate, distill = platform["exec-evaluate"], platform["exec-distill"]
+    evaluate, distill, sft = platform["exec-evaluate"], platform["exec-distill"], platform["exec-sft"]
     assert {s["secretName"] for s in distill["secretAsEnv"]} == {"g1-s3", "g1-hf", "g1-teacher"}
-    assert evaluate["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
-    assert evaluate["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert {s["secretName"] for s in sft["secretAsEnv"]} == {"g1-s3", "g1-hf"}
+    for gpu_stage in (evaluate, sft):
+        assert gpu_stage["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert gpu_stage["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert sft["emptyDirMounts"][0]["sizeLimit"] == STAGE_RESOURCES["sft"]["shm"]
     executors = ir[0]["deploymentSpec"]["executors"]
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert executors["exec-distill"]["container"]["image"].startswith("ghcr.io/")
+    assert executors["exec-sft"]["container"]["image"] == image_for("sft") == image_for("evaluate")
+    # the SFT pod's GPU count is a pipeline parameter (default from STAGE_RESOURCES)
+    sft_gpus = executors["exec-sft"]["container"]["resources"]["accelerator"]["resourceCount"]
+    assert "sft_gpus" in sft_gpus
+    assert ir[0]["root"]["inputDefinitions"]["parameters"]["sft_gpus"]["defaultValue"] == 8
+    tasks = ir[0]["root"]["dag"]["tasks"]
+    assert tasks["sft"]["retryPolicy"]["maxRetryCount"] == STAGE_RESOURCES["sft"]["retries"] > 0
+    # distill -> sft -> evaluate, each fed the URI its upstream stage returned
+    assert tasks["sft"]["dependentTasks"] == ["distill"] and tasks["evaluate"]["dependentTasks"] == ["sft"]
+    feeds = {
+        (name, key): value["taskOutputParameter"]["producerTask"]
+        for name, task in tasks.items()
+        for key, value in task["inputs"]["parameters"].items()
+        if "taskOutputParameter" in value
+    }
+    assert feeds == {("sft", "dataset_uri"): "distill", ("evaluate", "sft_uri"): "sft"}
     k8s = list(yaml.safe_load_all((COMPILED / "g1_pipeline.k8s.yaml").read_text()))
     assert [d["kind"] for d in k8s] == ["Pipeline", "PipelineVersion"]
 
 
 def test_local_kfp_run_of_the_whole_dag(tmp_path):
-    """`g1 pipeline run --local` in a fresh process: distill -> evaluate via kfp.local, tracked in MLflow."""
+    """`g1 pipeline run --local` in a fresh process: distill -> sft -> evaluate via kfp.local, tracked in
+    MLflow; the evaluation plays the model the SFT stage trained, recorded in MLflow by reference."""
     env = {**os.environ, "G1_WORK_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     for key in ("G1_ARTIFACT_ROOT", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "g1core.cli",
-        "pipeline",
-        "run",
-        "--local",
-        "--config",
-        "local-tiny",
-        "--set",
+    overrides = [
+        "distill.gym.games=[2048, swap]",
         "distill.states_per_game=8",
-        "--set",
+        "sft.samples=16",
+        "sft.batch_size=8",
+        "sft.heldout_per_game=1",
+        "sft.log_every=1",
+        "sft.eval_max_new_tokens=8",
+        "evaluate.games=[2048]",
         "evaluate.runs=1",
-        "--set",
-        "evaluate.steps=3",
+        "evaluate.steps=2",
     ]
+    cmd = [sys.executable, "-m", "g1core.cli", "pipeline", "run", "--local", "--config", "local-tiny"]
+    cmd += [arg for item in overrides for arg in ("--set", item)]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report_uri = done.stdout.strip().splitlines()[-1]
     assert report_uri.startswith(str(tmp_path / "artifacts" / "g1-local"))
     report = storage.read_bytes(storage.join(report_uri, "report.md")).decode()
-    assert "base-tiny" in report and "oracle@0.5" in report and "random" in report
-    run_id = Path(report_uri).parent.name
-    dataset = Path(report_uri).parent / "distill"
-    assert (dataset / "manifest.jsonl").read_text().count("\n") > 0
+    for player in ("base-tiny", "sft-tiny", "oracle@0.5", "random"):
+        assert f"| 2048 | {player} |" in report
+    run_dir = Path(report_uri).parent
+    run_id = run_dir.name
+    assert (run_dir / "distill" / "manifest.jsonl").read_text().count("\n") > 0
+    model = run_dir / "sft" / "model"
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    assert json.loads((run_dir / "sft" / "result.json").read_text())["steps"] == 2
+
     rows = runs_table("g1-local", run_id, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    stages = sorted((r["stage"], r["status"]) for r in rows)
-    assert stages == [("distill", "FINISHED"), ("evaluate", "FINISHED")]
+    stages = [(r["stage"], r["status"]) for r in rows]
+    assert stages == [("distill", "FINISHED"), ("sft", "FINISHED"), ("evaluate", "FINISHED")]
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sft_run = client.get_run(rows[1]["run_id"])
+    assert [m.step for m in client.get_metric_history(sft_run.info.run_id, "train.loss")] == [1, 2]
+    assert {"heldout.perception_exact", "train.tokens_per_s", "tokens_per_s"} <= set(sft_run.data.metrics)
+    assert sft_run.data.tags["g1.input.dataset_uri"] == str(run_dir / "distill")
+    assert sft_run.data.tags["g1.model_uri"] == str(model)
+    logged = client.get_logged_model(sft_run.data.tags["g1.model_id"])
+    assert logged.tags["g1.model_uri"] == str(model) and logged.source_run_id == sft_run.info.run_id
+    evaluate_run = client.get_run(rows[2]["run_id"])
+    assert evaluate_run.data.tags["g1.input.models.sft"] == str(model)
+    assert "2048/sft-tiny/mean" in evaluate_run.data.metrics
+    stored = [p for p in (tmp_path / "mlflow-artifacts").rglob("*") if p.is_file()]
+    assert stored and not [p for p in stored if p.suffix == ".safetensors" or p.stat().st_size > 100_000]
     parents = client.search_runs(
         [client.get_experiment_by_name("g1-local").experiment_id], "tags.`g1.role` = 'pipeline'"
     )

@@ -158,3 +158,34 @@ def test_separate_processes_share_the_parent(uri, experiment, tmp_path):
     table = tracker.runs_table("run-p")
     assert [row["stage"] for row in table] == ["eval", "eval"]
     assert all(tracker.client.get_run(r["run_id"]).data.tags["mlflow.parentRunId"] in parents for r in table)
+
+
+def test_model_is_recorded_by_reference(uri, experiment, tmp_path):
+    """A stage's model becomes an external LoggedModel naming its URI; no weights go into MLflow."""
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"\x00" * 300_000)
+    tracker = Tracker(experiment, uri)
+    with tracker.stage_run("sft", "run-r") as run:
+        model_id = run.log_model_reference(
+            str(weights.parent), "g1-sft", params={"base_model": "tiny"}, tags={"g1.stage": "sft"}
+        )
+        run.log_metrics({"heldout.perception_exact": 0.75}, step=9, model_id=model_id)
+    client = tracker.client
+    model = client.get_logged_model(model_id)
+    assert (model.name, str(model.status), model.source_run_id) == ("g1-sft", "READY", run.run_id)
+    assert model.tags["g1.model_uri"] == str(weights.parent) and model.tags["g1.stage"] == "sft"
+    assert model.tags["mlflow.model.isExternal"] == "true" and model.params == {"base_model": "tiny"}
+    assert [(m.key, m.value, m.step) for m in model.metrics] == [("heldout.perception_exact", 0.75, 9)]
+    stored = client.get_run(run.run_id)
+    assert (
+        stored.data.tags["g1.model_uri"] == str(weights.parent)
+        and stored.data.tags["g1.model_id"] == model_id
+    )
+    assert [o.model_id for o in stored.outputs.model_outputs] == [model_id]
+    assert client.list_artifacts(run.run_id) == []
+    [stub] = client.list_logged_model_artifacts(model_id)
+    assert stub.path == "MLmodel" and stub.file_size < 10_000
+    if uri.startswith("sqlite:///"):  # and on disk: the artifact store next to the database holds no weights
+        store = Path(uri[len("sqlite:///") :]).parent / "mlflow-artifacts"
+        assert not [p for p in store.rglob("*") if p.is_file() and p.stat().st_size >= 10_000]

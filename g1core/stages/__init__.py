@@ -1,33 +1,96 @@
 """The pipeline's stages, and the one function that runs any of them with tracking and storage.
 
 The CLI (``g1 distill --config …``) and the KFP components both call ``run_stage``, so a stage behaves
-the same on a laptop and in a cluster: it writes its outputs under one URI, and records its config,
-metrics and small report files in an MLflow child run of the pipeline run.
+the same on a laptop and in a cluster: it writes its outputs under one URI, reads what earlier stages
+wrote from theirs (``STAGE_INPUTS``), and records its config, metrics, small report files and, for a
+training stage, its model (by reference) in an MLflow child run of the pipeline run.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from .. import storage
 from ..config import PipelineConfig, config_from_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("distill", "evaluate")
+STAGES = ("distill", "sft", "evaluate")
 # Small outputs copied into MLflow as artifacts; everything else is recorded by reference (its URI).
 REPORT_FILES = {
     "distill": ("stats.json",),
+    "sft": ("result.json",),
     "evaluate": ("report.md", "table.md", "table.csv", "results.json"),
+}
+# Stages that train a model, kept under MODEL_DIR of their output; an evaluation player names one
+# (``kind: hf, model: sft``) to play the model that stage trained in the same pipeline run.
+MODEL_STAGES = ("sft",)
+MODEL_DIR = "model"
+
+
+@dataclass(frozen=True)
+class Input:
+    """An argument of a stage's ``run()`` filled from the outputs of earlier stages of the same run."""
+
+    stages: tuple[str, ...]  # the stages it comes from
+    sub: str = ""  # a path inside each of their outputs ("" = the output itself)
+    needs: str = ""  # a file that must be there before the stage starts ("" = checked by the stage)
+    several: bool = False  # {stage: URI} rather than the one stage's URI
+
+
+# run() keyword -> where it comes from. The URIs default to the upstream stages' outputs of the same
+# pipeline run; ``run_stage(upstream=...)`` (a KFP input, ``g1 sft --dataset``) points elsewhere.
+STAGE_INPUTS: dict[str, dict[str, Input]] = {
+    "sft": {"dataset_uri": Input(("distill",), needs="manifest.jsonl")},
+    "evaluate": {"models": Input(MODEL_STAGES, sub=MODEL_DIR, several=True)},
 }
 
 
 def stage_uri(cfg: PipelineConfig, pipeline_run_id: str, stage: str, artifact_root: str | None = None) -> str:
     """Where a stage of a pipeline run writes: <root>/<pipeline name>/<run id>/<stage>."""
     return storage.join(artifact_root or storage.artifact_root(), cfg.name, pipeline_run_id, stage)
+
+
+def stage_inputs(
+    stage: str,
+    cfg: PipelineConfig,
+    pipeline_run_id: str,
+    artifact_root: str | None = None,
+    upstream: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments ``stage``'s ``run()`` takes from earlier stages (see ``STAGE_INPUTS``).
+
+    ``upstream`` maps a stage name to its output URI where it is not the same run's default; empty
+    values are ignored (a KFP input left unset). An input that must exist and does not fails here,
+    naming the URI and where it was expected to come from.
+    """
+    given = {name: uri for name, uri in (upstream or {}).items() if uri}
+    unknown = sorted(set(given) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown upstream stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    kwargs: dict[str, Any] = {}
+    for keyword, spec in STAGE_INPUTS.get(stage, {}).items():
+        uris = {}
+        for source in spec.stages:
+            base = given.get(source) or stage_uri(cfg, pipeline_run_id, source, artifact_root)
+            uris[source] = storage.join(base, spec.sub) if spec.sub else base
+            if spec.needs and not storage.exists(storage.join(uris[source], spec.needs)):
+                origin = (
+                    "given" if source in given else f"the {source} stage's output of run {pipeline_run_id!r}"
+                )
+                raise FileNotFoundError(
+                    f"{stage} needs {keyword}: no {spec.needs} under {uris[source]!r} ({origin}); "
+                    f"run {source} first or point at another {keyword}"
+                )
+        kwargs[keyword] = uris if spec.several else uris[spec.stages[0]]
+    return kwargs
 
 
 def _section(cfg: PipelineConfig, stage: str) -> dict:
@@ -43,15 +106,19 @@ def run_stage(
     artifact_root: str | None = None,
     progress: bool = True,
     finish_pipeline: bool = False,
+    upstream: Mapping[str, str] | None = None,
 ) -> str:
     """Run one stage inside an MLflow child run; returns the URI of its outputs.
 
-    A failing stage marks the pipeline's parent run FAILED; ``finish_pipeline`` (the DAG's last stage)
-    marks it FINISHED after success.
+    The stage reads its inputs from the outputs of earlier stages of the same pipeline run, or from
+    ``upstream`` (stage name -> output URI). A stage whose ``run()`` takes ``on_metrics`` streams its
+    metrics to the child run as it goes; one whose result has a ``model_uri`` gets that model recorded
+    in MLflow by reference. A failing stage marks the pipeline's parent run FAILED;
+    ``finish_pipeline`` (the DAG's last stage) marks it FINISHED after success.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    from ..tracking import Tracker
+    from ..tracking import Tracker, flatten
 
     module = import_module(f"{__name__}.{stage}")
     uri = output_uri or stage_uri(cfg, pipeline_run_id, stage, artifact_root)
@@ -60,9 +127,22 @@ def run_stage(
         with tracker.stage_run(
             stage, pipeline_run_id, config=_section(cfg, stage), tags={"g1.output_uri": uri}
         ) as run:
+            inputs = stage_inputs(stage, cfg, pipeline_run_id, artifact_root, upstream)
+            run.set_tags({f"g1.input.{k}": v for k, v in flatten(inputs).items()})
             log.info("stage %s of pipeline run %s -> %s", stage, pipeline_run_id, uri)
-            result = module.run(cfg, uri, progress=progress)
-            run.log_metrics(module.metrics(result))
+            sinks = {"on_metrics": run.log_metrics} if _takes(module.run, "on_metrics") else {}
+            result = module.run(cfg, output_uri=uri, progress=progress, **inputs, **sinks)
+            step, model_id = getattr(result, "steps", 0), None  # the stage's last step, if it counts any
+            if getattr(result, "model_uri", None):
+                model_id = run.log_model_reference(
+                    result.model_uri,
+                    name=f"{cfg.name}-{stage}",
+                    params={"base_model": cfg.model.name_or_path, **inputs},
+                    tags={"g1.pipeline_run_id": pipeline_run_id, "g1.stage": stage},
+                    step=step,
+                )
+            # final numbers at that step, so the histories streamed during the stage end on them
+            run.log_metrics(module.metrics(result), step=step, model_id=model_id)
             with tempfile.TemporaryDirectory() as tmp:
                 for name in REPORT_FILES.get(stage, ()) + _plots(stage, uri):
                     source = storage.join(uri, name)
@@ -76,6 +156,10 @@ def run_stage(
     return uri
 
 
+def _takes(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
 def _plots(stage: str, uri: str) -> tuple[str, ...]:
     if stage != "evaluate":
         return ()
@@ -85,13 +169,19 @@ def _plots(stage: str, uri: str) -> tuple[str, ...]:
 
 
 def run_stage_json(
-    stage: str, config_json: str, pipeline_run_id: str, artifact_root: str = "", finish_pipeline: bool = False
+    stage: str,
+    config_json: str,
+    pipeline_run_id: str,
+    artifact_root: str = "",
+    finish_pipeline: bool = False,
+    upstream: Mapping[str, str] | None = None,
 ) -> str:
-    """Entry point of the KFP components: the config travels as JSON, the outputs as a URI."""
+    """Entry point of the KFP components: the config travels as JSON, the outputs (and inputs) as URIs."""
     return run_stage(
         stage,
         config_from_json(config_json),
         pipeline_run_id,
         artifact_root=artifact_root or None,
         finish_pipeline=finish_pipeline,
+        upstream=upstream,
     )

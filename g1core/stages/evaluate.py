@@ -1,5 +1,9 @@
 """Evaluation: the paper's protocol (spec section 7) for a list of players, with a report.
 
+Players are configs (``evaluate.policies``); an ``hf`` player whose ``model`` names a training stage
+(``model: sft``) plays the model that stage trained in the same pipeline run, so one table compares the
+base model, the trained ones and the teacher.
+
 Writes to one URI: ``results.json`` (every run's score and the answer-quality rates), ``table.md`` and
 ``table.csv``, one bar chart per game (``plot-<game>.png``) and ``report.md`` that puts our numbers beside
 the paper's.
@@ -12,6 +16,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .. import storage
@@ -144,16 +149,53 @@ def report(rows: list[dict], cfg: PipelineConfig, usage: dict[str, dict[str, flo
     )
 
 
+def stage_models(policies: list[PolicyConfig], models: Mapping[str, str] | None) -> list[PolicyConfig]:
+    """The players with each ``model: <training stage>`` replaced by the URI of the model it trained.
+
+    ``models`` maps a stage name to its model's URI (the pipeline gives the same run's). A player keeps
+    its label (``hf:sft`` unless named). A reference to a stage with no model there fails, naming it.
+    """
+    from . import MODEL_STAGES
+
+    models = models or {}
+    out = []
+    for i, player in enumerate(policies):
+        stage = player.model if player.kind == "hf" else None
+        if stage not in MODEL_STAGES:
+            out.append(player)
+            continue
+        where = f"evaluate.policies.{i} ({player.label})"
+        if stage not in models:
+            raise ValueError(
+                f"{where}: model {stage!r} is the model of the pipeline's {stage} stage, but no {stage} "
+                "output was given (run evaluate in the pipeline, or with the run id of a run that has it)"
+            )
+        if not storage.exists(storage.join(models[stage], "config.json")):
+            raise FileNotFoundError(
+                f"{where}: no trained model at {models[stage]!r} (no config.json): has the {stage} stage "
+                "of this pipeline run finished?"
+            )
+        out.append(player.model_copy(update={"model": models[stage], "name": player.label}))
+    return out
+
+
 def run(
-    cfg: PipelineConfig, output_uri: str, policies: list[PolicyConfig] | None = None, progress: bool = True
+    cfg: PipelineConfig,
+    output_uri: str,
+    policies: list[PolicyConfig] | None = None,
+    progress: bool = True,
+    models: Mapping[str, str] | None = None,
 ) -> EvaluateResult:
     """Play every game with every policy under the protocol and write the report to ``output_uri``.
 
-    Every player is built and preflighted on every game before the first move, and the outputs are
-    rewritten after each player, so a failure late in the run keeps what was measured before it.
+    ``models`` maps training stages to the URIs of their models, for players that name a stage
+    (:func:`stage_models`). Every player is built and preflighted on every game before the first move,
+    and the outputs are rewritten after each player, so a failure late in the run keeps what was
+    measured before it.
     """
     e = cfg.evaluate
-    players = [build_policy(p, cfg.model) for p in (policies if policies is not None else e.policies)]
+    configs = stage_models(policies if policies is not None else e.policies, models)
+    players = [build_policy(p, cfg.model) for p in configs]
     for game in e.games:  # fail now, not after an hour of other players, if a prompt cannot fit
         spec = GameSpec.parse(game)
         env = make(spec.game, screen_size=tuple(e.screen_size), **spec.knobs)

@@ -1,0 +1,3 @@
+from .component import sft
+
+__all__ = ["sft"]
