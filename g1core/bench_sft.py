@@ -36,8 +36,9 @@ BENCH_GAMES = {
     "shisen-sho-cifar10": BenchGame(screen=168, minutes=20.0, states=8000),
     "swap": BenchGame(screen=224, minutes=20.0, states=8000),
 }
-MAX_SAMPLES_PER_S = 200  # well above the tiny model's SFT speed on a CPU (~40 samples/s on 2 cores)
-# Calibrated on the tiny model: a high constant learning rate learns fastest from random weights.
+MAX_SAMPLES_PER_S = 200  # well above the tiny model's SFT speed on a CPU (~45 samples/s on 2 cores)
+# Calibrated on the tiny model (2048, 10 min): a constant 1e-3 reads 0.875 of held-out boards exactly at
+# the end; a linear decay from 2e-3 over the same budget found the board later and ended at 0.72.
 BENCH_SFT = {
     "learning_rate": 1e-3,
     "lr_scheduler": "constant",
@@ -50,15 +51,29 @@ BENCH_SFT = {
 }
 
 
-def _protocol(game: str, model, processor, screen: int, runs: int, steps: int, max_new_tokens: int) -> float:
-    """Mean protocol score of the model playing greedily (``runs`` x ``steps``)."""
+def _protocol(
+    game: str, model, processor, screen: int, runs: int, steps: int, max_new_tokens: int, temperature: float
+) -> float:
+    """Mean protocol score of the model playing ``runs`` x ``steps`` at ``temperature`` (0 = greedy)."""
     from .gym.protocol import play
     from .models.policy import HFPolicy
 
     policy = HFPolicy(
-        model=model, processor=processor, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=runs
+        model=model,
+        processor=processor,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=runs,
     )
     return play(game, policy, runs, steps, screen_size=(screen, screen), progress=False).mean
+
+
+def _random_score(game: str, screen: int, runs: int, steps: int) -> float:
+    """The random policy's protocol score on the same boards: the bar a trained model has to clear."""
+    from .gym.policies import RandomPolicy
+    from .gym.protocol import play
+
+    return play(game, RandomPolicy(seed=0), runs, steps, screen_size=(screen, screen), progress=False).mean
 
 
 def bench_sft(
@@ -77,7 +92,7 @@ def bench_sft(
     ``minutes`` and ``states`` default per game (``BENCH_GAMES``); ``protocol_runs=0`` skips the protocol
     scores. ``sft_overrides`` replaces fields of the benchmark's SFT settings (``BENCH_SFT``).
     """
-    from .config import load_config
+    from .config import PolicyConfig, load_config
     from .models.budget import PixelBudget
     from .models.loading import load_model
     from .policies import resolve_model
@@ -117,25 +132,28 @@ def bench_sft(
         budget = PixelBudget(pixels.min_pixels, pixels.max_pixels)
         rows = distill.load_manifest(data_uri)
 
-        def score(model_path: str) -> float:
+        def score(model_path: str, temperature: float) -> float:
             """Protocol score of a model, replies long enough for the longest answer in the data."""
             if not protocol_runs:
                 return float("nan")
             model, processor = load_model(model_path, budget=budget)
             answer_tokens = max(len(processor.tokenizer(r["answer"])["input_ids"]) for r in rows)
             return _protocol(
-                str(spec),
-                model,
-                processor,
-                defaults.screen,
-                protocol_runs,
-                protocol_steps,
-                answer_tokens + 16,
-            )
+                str(spec), model, processor, defaults.screen, protocol_runs, protocol_steps,
+                answer_tokens + 16, temperature,
+            )  # fmt: skip
 
-        score_before = score(resolve_model(cfg.model.name_or_path))
+        # the evaluation stage's default sampling (PolicyConfig.temperature), and greedy after training
+        sampled = PolicyConfig().temperature
+        score_before = score(resolve_model(cfg.model.name_or_path), sampled)
         result = sft.run(run_cfg, data_uri, str(root / "sft"), progress=progress, work_dir=root / "work")
-        score_after = score(str(sft.storage.local_path(result.model_uri)))
+        trained = str(sft.storage.local_path(result.model_uri))
+        score_after, score_after_greedy = score(trained, sampled), score(trained, 0.0)
+        score_random = (
+            _random_score(str(spec), defaults.screen, protocol_runs, protocol_steps)
+            if protocol_runs
+            else float("nan")
+        )
     first = result.history[0] if result.history else {}
     curve = [
         {
@@ -155,6 +173,9 @@ def bench_sft(
         "format_rate_after": result.final.get("heldout.format_rate", float("nan")),
         "score_before": score_before,
         "score_after": score_after,
+        "score_after_greedy": score_after_greedy,
+        "score_random": score_random,
+        "score_temperature": sampled,
         "protocol": {"runs": protocol_runs, "steps": protocol_steps},
         "samples_seen": result.samples_seen,
         "steps": result.steps,
@@ -165,7 +186,7 @@ def bench_sft(
         "tokens_per_s": result.tokens_per_s,
         "distill_s": distill_s,
         "wall_s": time.perf_counter() - started,
-        "sft": {k: v for k, v in settings.items() if k != "samples"},
+        "sft": settings,
         "curve": curve,
     }
 
@@ -193,7 +214,8 @@ def cmd_bench_sft(args) -> int:
     lines.append(
         f"{out['game']}: perception exact {out['perception_exact_before']:.3f} -> "
         f"{out['perception_exact_after']:.3f}, format {out['format_rate_after']:.3f}, score "
-        f"{out['score_before']:.1f} -> {out['score_after']:.1f}, {out['samples_seen']} samples in "
+        f"{out['score_before']:.1f} -> {out['score_after']:.1f} (greedy {out['score_after_greedy']:.1f}, "
+        f"random {out['score_random']:.1f}), {out['samples_seen']} samples in "
         f"{out['sft_train_s']:.0f} s of SFT ({out['wall_s']:.0f} s in all)"
     )
     sys.stdout.write("\n".join(lines) + "\n")

@@ -94,6 +94,27 @@ def test_chat_template_renders_the_image_slot(loaded):
     assert text.endswith(f"<|im_start|>user\n{IMAGE_SLOT}Play 2048.<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_every_board_cell_is_one_token_after_loading(loaded):
+    """The trained pre-tokenizer survives AutoProcessor (Qwen2Tokenizer would restore digit splitting):
+    each 2048 tile, the empty mark and each tile word is one token, so all cells read alike."""
+    _, processor = loaded
+    tokens = processor.tokenizer.tokenize
+    for value in [2**k for k in range(1, 18)]:
+        assert len(tokens(f" {value}")) == 1, value
+    row = " 1024 | - | 2 | 65536 "
+    assert [processor.tokenizer.convert_tokens_to_string([t]) for t in tokens(row)] == [
+        " 1024",
+        " |",
+        " -",
+        " |",
+        " 2",
+        " |",
+        " 65536",
+        " ",
+    ]
+    assert len(tokens(" Red triangle | Teal star")) == 5
+
+
 def test_112_screen_is_16_image_tokens(loaded):
     _, processor = loaded
     assert PixelBudget.of(processor) == TINY_BUDGET

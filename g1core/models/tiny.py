@@ -77,6 +77,7 @@ def game_corpus(seeds: int = 6, moves: int = 8) -> Iterator[str]:
     from g1core.gym.policies import OraclePolicy
 
     yield f"system\n{DEFAULT_SYSTEM}\nuser\nassistant\n"
+    yield " | ".join(str(2**k) for k in range(1, 18))  # every 2048 tile, so each becomes one token
     for game in gym.GAMES:
         env = gym.make(game, render_mode=None)
         yield env.prompt
@@ -90,9 +91,19 @@ def game_corpus(seeds: int = 6, moves: int = 8) -> Iterator[str]:
                     break
 
 
+# Qwen2's pre-tokenizer split, except that a number stays whole with its leading space (Qwen splits digits
+# one by one). A 2048 cell then reads as one token (" 1024") like a Shisen-Sho or Swap word (" Brown"), so
+# every cell of a board is the same few tokens; with one token per digit the tiny model has to learn
+# variable-length cells and reads 2048 boards far more slowly (measured: see BUILD_VERSION).
+SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
 def train_tokenizer(texts: Iterator[str], vocab_size: int):
-    """A byte-level BPE in Qwen2's layout (NFC, Qwen's split regex, byte-level bytes) trained on ``texts``,
-    with the Qwen special tokens appended after the learned vocabulary."""
+    """A byte-level BPE in Qwen2's layout (NFC, split regex, byte-level bytes) trained on ``texts``, with
+    the Qwen special tokens appended after the learned vocabulary; numbers are whole (``SPLIT_REGEX``)."""
     from tokenizers import (
         AddedToken,
         Regex,
@@ -103,13 +114,12 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int):
         pre_tokenizers,
         trainers,
     )
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.Split(Regex(SPLIT_REGEX), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -123,7 +133,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int):
 
 
 ROPE_THETA = 10.0  # see tiny_config: small heads need high rotary frequencies to tell cells apart
-BUILD_VERSION = 2  # bump when the tiny model's recipe changes, so cached builds are not reused
+BUILD_VERSION = 3  # bump when the tiny model's recipe changes, so cached builds are not reused
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -212,12 +222,13 @@ def _save_processor(out: Path, tokenizer_object, budget: PixelBudget) -> None:
     No processor class is named, so ``AutoProcessor`` picks the standard one for the config (the image-only
     stand-in without torchvision); the nested video-processor entry is there for the standard one.
     """
-    from transformers import Qwen2Tokenizer
+    from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from .processor import ImageOnlyQwen2_5_VLProcessor
 
-    tokenizer = Qwen2Tokenizer(
+    # The generic fast tokenizer keeps the trained pre-tokenizer; Qwen2Tokenizer puts Qwen's back on load.
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer_object,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
