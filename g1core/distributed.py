@@ -20,6 +20,7 @@ DeepSpeed on CPU (tests, laptops) runs the same code but never compiles a DeepSp
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -295,7 +296,7 @@ def settle_deepspeed_accelerator() -> None:
     Otherwise its accelerator detection, run when transformers or accelerate import it, prints a warning
     on stdout, which must stay clean for ``--json`` output. A user's own ``DS_ACCELERATOR`` is kept.
     """
-    if "DS_ACCELERATOR" in os.environ:
+    if "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
         return
     import torch
 
