@@ -182,6 +182,7 @@ def bench_sft(
         "heldout_states": result.heldout_states,
         "dataset_samples": distilled.samples,
         "sft_train_s": result.train_seconds,
+        "sft_eval_s": result.eval_seconds,
         "samples_per_s": result.samples_per_s,
         "tokens_per_s": result.tokens_per_s,
         "distill_s": distill_s,

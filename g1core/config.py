@@ -316,7 +316,8 @@ class SftConfig(Section):
     max_train_minutes: float | None = Field(
         default=None,
         gt=0,
-        description="Stop training after this much wall time (benchmarks); None = no limit.",
+        description="Stop after this much time spent training (benchmarks); held-out evaluations are not "
+        "counted: they measure the run, they do not train it. None = no limit.",
     )
     # ---- checkpoints, logging, evaluation ----
     checkpoint_every: int = Field(default=200, ge=1, description="Optimizer steps between checkpoints.")

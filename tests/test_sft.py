@@ -149,3 +149,45 @@ def test_bench_cli_parses():
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "sft", "--json", "--game", "swap", "--minutes", "0.5"])
     assert args.game == "swap" and args.json and args.minutes == 0.5 and callable(args.fn)
+
+
+def test_answer_window_loss_matches_trl_and_its_gradients(dataset, tmp_path):
+    """On CPU the LM head runs on the answer columns only; loss and gradients equal TRL's fused head."""
+    from datasets import Dataset
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    from g1core.policies import resolve_model
+
+    model, processor = load_model(resolve_model("tiny"))
+    rows = distill.load_manifest(dataset)[:6]  # 2048 and Swap answers: different lengths in one batch
+    collate = sft.Collator(processor, sft.ImageCache(storage.local_path(dataset)), rows)
+    args = TrlSFTConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", remove_unused_columns=False,
+        max_length=None, dataset_kwargs={"skip_prepare_dataset": True},
+    )  # fmt: skip
+    trainer = sft._trainer_class()(
+        model=model,
+        args=args,
+        data_collator=collate,
+        train_dataset=Dataset.from_dict({"row": list(range(len(rows)))}),
+        processing_class=processor,
+    )
+    batch = collate([{"row": i} for i in range(len(rows))])
+    tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert batch["labels"][:, 0].eq(IGNORE_INDEX).all() and tokens > 100
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute(trainer, model, dict(batch), num_items_in_batch=torch.tensor(tokens))
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours, ours_grads = loss_and_grads(type(trainer).compute_loss)
+    theirs, their_grads = loss_and_grads(SFTTrainer.compute_loss)
+    assert ours == pytest.approx(theirs, rel=1e-5) and ours > 1.0  # random weights: far from zero
+    assert ours_grads.keys() == their_grads.keys()
+    for name, grad in ours_grads.items():
+        assert torch.allclose(grad, their_grads[name], atol=1e-6, rtol=1e-4), name
+    metrics = trainer._metrics["train"]
+    assert 0.0 <= metrics["mean_token_accuracy"][0] <= 1.0 and metrics["entropy"][0] > 0
