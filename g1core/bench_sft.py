@@ -43,6 +43,7 @@ BENCH_SFT = {
     "learning_rate": 1e-3,
     "lr_scheduler": "constant",
     "warmup_ratio": 0.0,
+    "time_cooldown": 0.3,
     "batch_size": 16,
     "heldout_per_game": 64,
     "eval_every": 100,

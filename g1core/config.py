@@ -319,6 +319,14 @@ class SftConfig(Section):
         description="Stop after this much time spent training (benchmarks); held-out evaluations are not "
         "counted: they measure the run, they do not train it. None = no limit.",
     )
+    time_cooldown: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="With max_train_minutes: the last share of that time over which the learning rate falls "
+        "linearly to 0, on top of lr_scheduler (a run stopped by time cannot know its step count, so a "
+        "step-based decay cannot end where the run ends). 0 = off.",
+    )
     # ---- checkpoints, logging, evaluation ----
     checkpoint_every: int = Field(default=200, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept locally and in the store.")
@@ -338,6 +346,8 @@ class SftConfig(Section):
             raise ValueError(f"game_weights must be >= 0, got {bad}")
         if self.game_weights and not any(self.game_weights.values()):
             raise ValueError("game_weights: at least one weight must be > 0")
+        if self.time_cooldown and self.max_train_minutes is None:
+            raise ValueError("time_cooldown needs max_train_minutes (it is a share of that time)")
         return self
 
     @field_validator("num_processes")

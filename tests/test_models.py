@@ -26,7 +26,7 @@ from g1core.models.loading import (
 )
 from g1core.models.policy import HFPolicy
 from g1core.models.processor import ensure_processor_support
-from g1core.models.tiny import BUILD_INFO, build_tiny_model, register_cli
+from g1core.models.tiny import BUILD_INFO, build_tiny_model, cell_names, register_cli
 
 IMAGE_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -96,7 +96,7 @@ def test_chat_template_renders_the_image_slot(loaded):
 
 def test_every_board_cell_is_one_token_after_loading(loaded):
     """The trained pre-tokenizer survives AutoProcessor (Qwen2Tokenizer would restore digit splitting):
-    each 2048 tile, the empty mark and each tile word is one token, so all cells read alike."""
+    each 2048 tile, the empty mark and each tile name is one token, so all cells read alike."""
     _, processor = loaded
     tokens = processor.tokenizer.tokenize
     for value in [2**k for k in range(1, 18)]:
@@ -112,7 +112,18 @@ def test_every_board_cell_is_one_token_after_loading(loaded):
         " 65536",
         " ",
     ]
-    assert len(tokens(" Red triangle | Teal star")) == 5
+    for name in cell_names():  # every multi-word cell name of every game, spaced or at a row's start
+        assert len(tokens(f" {name}")) == 1 and len(tokens(name)) == 1, name
+    row = " Steel blue triangle | - | Red circle "
+    assert [processor.tokenizer.convert_tokens_to_string([t]) for t in tokens(row)] == [
+        " Steel blue triangle",
+        " |",
+        " -",
+        " |",
+        " Red circle",
+        " ",
+    ]
+    assert "Dark green diamond" in cell_names() and "Green circle" in cell_names()
 
 
 def test_112_screen_is_16_image_tokens(loaded):

@@ -135,6 +135,28 @@ def test_trains_logs_and_resumes_to_the_same_weights(dataset, tmp_path, s3_prefi
     assert again.to_dict() == json.loads(storage.read_bytes(f"{out}/{sft.RESULT}"))
 
 
+def test_time_budget_excludes_evaluations_and_cools_the_learning_rate_down(dataset, tmp_path):
+    assert sft.cooldown_factor(30, 100, 0.5) == 1.0 and sft.cooldown_factor(75, 100, 0.5) == 0.5
+    assert sft.cooldown_factor(120, 100, 0.5) == 0.0
+    budget = 0.1  # minutes
+    cfg = _cfg(
+        learning_rate=1e-3, lr_scheduler="constant", warmup_ratio=0.0, samples=4000, log_every=1,
+        max_train_minutes=budget, time_cooldown=0.5,
+    )
+    seen: list[tuple[int, float]] = []
+    result = sft.run(
+        cfg, dataset, str(tmp_path / "out"), progress=False, work_dir=tmp_path / "w",
+        on_metrics=lambda m, step: seen.extend((step, m[k]) for k in m if k == "train.learning_rate"),
+    )  # fmt: skip
+    assert 0 < result.steps < 1000 and result.eval_seconds > 0  # stopped by time; evaluated before and after
+    assert budget * 60 <= result.train_seconds < budget * 60 + 5
+    lrs = [lr for _, lr in sorted(seen)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 0.3e-3
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:], strict=False))  # falls, never rises
+    with pytest.raises(ValueError, match="time_cooldown needs max_train_minutes"):
+        sft.SftConfig(time_cooldown=0.2)
+
+
 def test_unknown_games_and_missing_data_are_named(dataset, tmp_path):
     with pytest.raises(ValueError, match="no samples of sft.games"):
         sft.run(_cfg(games=["shisen-sho"]), dataset, str(tmp_path / "o"), progress=False, work_dir=tmp_path)

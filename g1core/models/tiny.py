@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -70,14 +71,29 @@ MAX_POSITIONS = 8192
 BUILD_INFO = "g1_tiny_build.json"
 
 
+def cell_names() -> tuple[str, ...]:
+    """Every multi-word name a board cell can have in the games' text ('Steel blue triangle'), longest first."""
+    from g1core import gym
+
+    names = set()
+    for game in gym.GAMES:
+        tiles = getattr(gym.make(game, render_mode=None).unwrapped, "tiles", None)
+        names.update(n for n in getattr(tiles, "names", ()) if " " in n)
+    return tuple(sorted(names, key=lambda n: (-len(n), n)))
+
+
 def game_corpus(seeds: int = 6, moves: int = 8) -> Iterator[str]:
-    """Text the tiny tokenizer learns from: chat scaffolding, every game's prompt, and oracle replies
-    (boards in the exact text format, reasons, answers) along short episodes from ``range(seeds)``."""
+    """Text the tiny tokenizer learns from: chat scaffolding, every game's prompt, every cell name as it
+    appears in a board (after a separator and at a row's start), and oracle replies (boards in the exact
+    text format, reasons, answers) along short episodes from ``range(seeds)``."""
     from g1core import gym
     from g1core.gym.policies import OraclePolicy
 
     yield f"system\n{DEFAULT_SYSTEM}\nuser\nassistant\n"
     yield " | ".join(str(2**k) for k in range(1, 18))  # every 2048 tile, so each becomes one token
+    names = cell_names()
+    yield " " + " | ".join(names)  # each cell name becomes one token, after a space ...
+    yield "\n".join(names)  # ... and at a row's start
     for game in gym.GAMES:
         env = gym.make(game, render_mode=None)
         yield env.prompt
@@ -92,18 +108,27 @@ def game_corpus(seeds: int = 6, moves: int = 8) -> Iterator[str]:
 
 
 # Qwen2's pre-tokenizer split, except that a number stays whole with its leading space (Qwen splits digits
-# one by one). A 2048 cell then reads as one token (" 1024") like a Shisen-Sho or Swap word (" Brown"), so
-# every cell of a board is the same few tokens; with one token per digit the tiny model has to learn
-# variable-length cells and reads 2048 boards far more slowly (measured: see BUILD_VERSION).
-SPLIT_REGEX = (
+# one by one) and so does a multi-word cell name (' Steel blue triangle'). A 2048 cell then reads as one
+# token (" 1024") like a Shisen-Sho or Swap cell, so every cell of a board is the same few tokens and a
+# cell's place in the reply does not depend on the board; with one token per digit or per word the tiny
+# model has to learn variable-length cells and reads boards far more slowly (measured: see BUILD_VERSION).
+QWEN_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
 
 
-def train_tokenizer(texts: Iterator[str], vocab_size: int):
+def split_regex(names: Iterator[str] | tuple[str, ...] = ()) -> str:
+    """The pre-tokenizer's split pattern: each of ``names`` whole (with an optional leading space), then
+    numbers whole, then Qwen2's rules."""
+    words = "|".join(re.escape(n) for n in names)
+    return (f" ?(?:{words})|" if words else "") + QWEN_SPLIT_REGEX
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int, names: tuple[str, ...] = ()):
     """A byte-level BPE in Qwen2's layout (NFC, split regex, byte-level bytes) trained on ``texts``, with
-    the Qwen special tokens appended after the learned vocabulary; numbers are whole (``SPLIT_REGEX``)."""
+    the Qwen special tokens appended after the learned vocabulary; numbers and ``names`` stay whole
+    (``split_regex``), so BPE learns each as one token when the vocabulary has room."""
     from tokenizers import (
         AddedToken,
         Regex,
@@ -119,7 +144,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int):
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(SPLIT_REGEX), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_regex(names)), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -133,7 +158,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int):
 
 
 ROPE_THETA = 10.0  # see tiny_config: small heads need high rotary frequencies to tell cells apart
-BUILD_VERSION = 3  # bump when the tiny model's recipe changes, so cached builds are not reused
+BUILD_VERSION = 4  # bump when the tiny model's recipe changes, so cached builds are not reused
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -265,7 +290,7 @@ def build_tiny_model(
     text_heads: int = 4,
     text_kv_heads: int = 2,
     vision_heads: int = 4,
-    vocab_size: int = 1024,
+    vocab_size: int = 2048,
     budget: PixelBudget = TINY_BUDGET,
     corpus_seeds: int = 6,
     overwrite: bool = False,
@@ -283,7 +308,7 @@ def build_tiny_model(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"tiny model: out_dir {str(out)!r} exists and is not empty (use overwrite)")
     started = time.perf_counter()
-    tokenizer = train_tokenizer(game_corpus(corpus_seeds), vocab_size - len(SPECIAL_TOKENS))
+    tokenizer = train_tokenizer(game_corpus(corpus_seeds), vocab_size - len(SPECIAL_TOKENS), cell_names())
     token_ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
     padded_vocab = -(-tokenizer.get_vocab_size() // 64) * 64
     config = tiny_config(

@@ -293,6 +293,8 @@ def _callbacks():
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
+            if "learning_rate" in logs:  # the rate the optimizer used: the scheduler's times the cooldown
+                logs["learning_rate"] *= self.run.lr_factor
             now, tokens = self.run.training_time(), float(logs.get("num_tokens", 0.0))
             if self.mark is not None and now > self.mark[0] and tokens >= self.mark[1]:
                 logs["tokens_per_s"] = (tokens - self.mark[1]) / (now - self.mark[0])
@@ -320,7 +322,29 @@ def _callbacks():
                 log.info("max_train_minutes=%g reached at step %d; stopping", limit, state.global_step)
                 control.should_training_stop = True
 
-    return Evaluate, Throughput, Mirror
+    class TimeCooldown(TrainerCallback):
+        """The learning rate times (time left / cooldown time) over the last ``time_cooldown`` share of
+        ``max_train_minutes``: set before each optimizer step, on top of the scheduler's value."""
+
+        def __init__(self, run: SftRun):
+            self.run = run
+
+        def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            s = self.run.s
+            if not s.time_cooldown or s.max_train_minutes is None or optimizer is None:
+                return
+            factor = cooldown_factor(self.run.training_time(), s.max_train_minutes * 60, s.time_cooldown)
+            self.run.lr_factor = factor
+            for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr * factor
+
+    return Evaluate, Throughput, Mirror, TimeCooldown
+
+
+def cooldown_factor(elapsed: float, budget: float, share: float) -> float:
+    """1 until the last ``share`` of ``budget`` seconds, then falling linearly to 0 at ``budget``."""
+    start = budget * (1 - share)
+    return 1.0 if elapsed <= start else max(0.0, (budget - elapsed) / (budget - start))
 
 
 def _trainer_class():
@@ -432,6 +456,7 @@ class SftRun:
         self.history: list[dict] = []
         self.started = time.perf_counter()
         self.eval_seconds = 0.0
+        self.lr_factor = 1.0  # the time cooldown's share of the scheduled learning rate
         self.main = distributed.rank() == 0  # rank 0 alone uploads, writes the outputs and reports metrics
         self.world = 1  # training processes, known once the Trainer's arguments are built
         self.ds_config: dict | None = None
@@ -704,7 +729,7 @@ class SftRun:
 
         # The Trainer's sampler orders (and on resume skips) row numbers; the collator looks the rows up.
         dataset = Dataset.from_dict({"row": list(range(len(self.train)))})
-        evaluate, throughput, mirror = _callbacks()
+        evaluate, throughput, mirror, cooldown = _callbacks()
         args = self._training_args()
         self.world = args.world_size
         trainer = _trainer_class()(
@@ -713,7 +738,7 @@ class SftRun:
             data_collator=Collator(self.processor, self.images, self.train),
             train_dataset=dataset,
             processing_class=self.processor,
-            callbacks=[evaluate(self), throughput(self), mirror(self)],
+            callbacks=[evaluate(self), throughput(self), mirror(self), cooldown(self)],
         )
         _quiet_console(trainer, self.progress and self.main)
         self.started, self.eval_seconds = time.perf_counter(), 0.0
