@@ -40,6 +40,7 @@ PIPELINE_TAG = "g1.pipeline_run_id"
 STAGE_TAG = "g1.stage"
 ROLE_TAG = "g1.role"  # "pipeline" on parent runs
 ERROR_TAG = "g1.error"
+ATTEMPT_TAG = "g1.attempt"  # tries of a stage that share its child run (retries continue it)
 MODEL_URI_TAG = "g1.model_uri"  # where a stage's model is stored (runs and logged models)
 MODEL_ID_TAG = "g1.model_id"  # the MLflow LoggedModel that records it
 DEFAULT_EXPERIMENT = "g1"
@@ -276,6 +277,23 @@ class Tracker:
         """Mark the parent run ended (FINISHED, FAILED or KILLED) when the whole pipeline is done."""
         self.client.set_terminated(self.parent_run_id(pipeline_run_id), status)
 
+    def _unfinished_stage_run(self, stage: str, pipeline_run_id: str, params: Mapping[str, str]):
+        """The newest child run of ``stage`` in this pipeline run that did not finish (failed, killed, or
+        left RUNNING by a killed pod) and was started with the same params; None if there is none."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STAGE_TAG}` = '{stage}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=100,
+            order_by=["attributes.start_time DESC"],
+        )
+        for run in runs:
+            if run.info.status == "FINISHED":
+                return None  # the newest try finished: a new try of the stage is a new run
+            if all(run.data.params.get(k, v) == v for k, v in params.items()):
+                return run
+        return None
+
     @contextlib.contextmanager
     def stage_run(
         self,
@@ -284,13 +302,28 @@ class Tracker:
         config: Mapping | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> Iterator[StageRun]:
-        """A child run for one stage: logs the flattened ``config`` as params; FAILED if the block raises."""
+        """A child run for one stage: logs the flattened ``config`` as params; FAILED if the block raises.
+
+        A retried stage (a pod restarted after a failure or a kill) continues the child run of the try that
+        did not finish, so its metric history stays in one run; ``g1.attempt`` counts the tries."""
         parent = self.parent_run_id(pipeline_run_id)
+        params = flatten(config) if config else {}
+        run = self._unfinished_stage_run(stage, pipeline_run_id, params)
+        attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1 if run else 1
         run_tags = {MLFLOW_PARENT_RUN_ID: parent, STAGE_TAG: stage, PIPELINE_TAG: pipeline_run_id}
         run_tags.update({k: _text(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()})
-        run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=stage)
+        run_tags[ATTEMPT_TAG] = str(attempt)
+        if run is None:
+            run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=stage)
+        else:
+            self.client.update_run(run.info.run_id, status="RUNNING")
         stage_run = StageRun(self.client, run.info.run_id)
-        log.info("stage %s of pipeline run %s: MLflow run %s", stage, pipeline_run_id, self.run_url(run))
+        if attempt > 1:
+            stage_run.set_tags(run_tags)
+            log.info("stage %s of pipeline run %s: try %d continues MLflow run %s", stage, pipeline_run_id,
+                     attempt, self.run_url(run))  # fmt: skip
+        else:
+            log.info("stage %s of pipeline run %s: MLflow run %s", stage, pipeline_run_id, self.run_url(run))
         try:
             if config:
                 stage_run.log_params(config)
@@ -301,6 +334,9 @@ class Tracker:
                 stage_run.set_tags({ERROR_TAG: f"{type(err).__name__}: {err}"})
             self.client.set_terminated(run.info.run_id, status)
             raise
+        if attempt > 1:
+            with contextlib.suppress(Exception):  # the error of an earlier try no longer describes the run
+                self.client.delete_tag(run.info.run_id, ERROR_TAG)
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def runs_table(self, pipeline_run_id: str) -> list[dict]:

@@ -140,8 +140,13 @@ def test_time_budget_excludes_evaluations_and_cools_the_learning_rate_down(datas
     assert sft.cooldown_factor(120, 100, 0.5) == 0.0
     budget = 0.1  # minutes
     cfg = _cfg(
-        learning_rate=1e-3, lr_scheduler="constant", warmup_ratio=0.0, samples=4000, log_every=1,
-        max_train_minutes=budget, time_cooldown=0.5,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        samples=4000,
+        log_every=1,
+        max_train_minutes=budget,
+        time_cooldown=0.5,
     )
     seen: list[tuple[int, float]] = []
     result = sft.run(

@@ -23,6 +23,16 @@ with tracker.stage_run("eval", pipeline_run, config={"games": ["2048", "swap"]})
 print(tracker.parent_run_id(pipeline_run))
 """
 
+KILLED_STAGE = """
+import os, sys
+from g1core.tracking import Tracker
+experiment, uri, pipeline_run = sys.argv[1:]
+with Tracker(experiment, uri).stage_run("sft", pipeline_run, config={"sft": {"lr": 0.001}}) as run:
+    run.log_metrics({"loss": 1.5}, step=20)
+    print(run.run_id, flush=True)
+    os._exit(9)  # like a pod killed outright: nothing closes the run
+"""
+
 
 @pytest.fixture(scope="module")
 def sqlite_uri(tmp_path_factory) -> str:
@@ -133,6 +143,36 @@ def test_failed_stage_is_marked_and_reraised(uri, experiment):
     assert failed.info.status == "FAILED"
     assert failed.data.tags[tracking.ERROR_TAG] == "RuntimeError: out of memory"
     assert [row["status"] for row in tracker.runs_table("run-f")] == ["FAILED"]
+
+
+def test_a_retried_stage_continues_the_run_that_did_not_finish(uri, experiment):
+    tracker, config = Tracker(experiment, uri), {"sft": {"lr": 0.001}}
+    with pytest.raises(RuntimeError):
+        with tracker.stage_run("sft", "run-r", config=config) as first:
+            first.log_metrics({"loss": 2.0}, step=10)
+            raise RuntimeError("pod evicted")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_STAGE, experiment, uri, "run-r"], capture_output=True, text=True
+    )
+    assert killed.returncode == 9 and killed.stdout.strip() == first.run_id
+    assert tracker.client.get_run(first.run_id).info.status == "RUNNING"
+    with Tracker(experiment, uri).stage_run("sft", "run-r", config=config) as third:
+        third.log_metrics({"loss": 1.0}, step=30)
+    run = tracker.client.get_run(third.run_id)
+    assert third.run_id == first.run_id and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.ATTEMPT_TAG] == "3" and tracking.ERROR_TAG not in run.data.tags
+    history = tracker.client.get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(10, 2.0), (20, 1.5), (30, 1.0)]
+    # a finished stage run again, or a try with other settings, gets a run of its own
+    with tracker.stage_run("sft", "run-r", config=config) as again:
+        pass
+    with pytest.raises(RuntimeError):
+        with tracker.stage_run("sft", "run-r", config=config) as failed:
+            raise RuntimeError("bad")
+    with tracker.stage_run("sft", "run-r", config={"sft": {"lr": 0.01}}) as changed:
+        pass
+    assert len({first.run_id, again.run_id, failed.run_id, changed.run_id}) == 4
+    assert [row["stage"] for row in tracker.runs_table("run-r")] == ["sft"] * 4
 
 
 def test_bad_metric_names_the_key(uri, experiment):

@@ -72,7 +72,8 @@ BUILD_INFO = "g1_tiny_build.json"
 
 
 def cell_names() -> tuple[str, ...]:
-    """Every multi-word name a board cell can have in the games' text ('Steel blue triangle'), longest first."""
+    """Every multi-word name a board cell can have in the games' text ('Steel blue triangle'), longest
+    first."""
     from g1core import gym
 
     names = set()
