@@ -161,6 +161,7 @@ def bench_sft(
             "step": e["step"],
             "samples_seen": e["samples_seen"],
             "perception_exact": e["heldout.perception_exact"],
+            "perception_cells": e["heldout.perception_cells"],
             "format_rate": e["heldout.format_rate"],
         }
         for e in result.history
@@ -170,6 +171,7 @@ def bench_sft(
         "screen": defaults.screen,
         "perception_exact_before": first.get("heldout.perception_exact", float("nan")),
         "perception_exact_after": result.final.get("heldout.perception_exact", float("nan")),
+        "perception_cells_after": result.final.get("heldout.perception_cells", float("nan")),
         "format_rate_before": first.get("heldout.format_rate", float("nan")),
         "format_rate_after": result.final.get("heldout.format_rate", float("nan")),
         "score_before": score_before,

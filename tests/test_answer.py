@@ -82,6 +82,16 @@ def test_perception_checks():
     assert not answer.perception_matches("<answer>1</answer> " + truth, truth)  # must be in the block
 
 
+def test_perception_cell_accuracy_counts_cells_in_place():
+    truth = " 2 | - \n - | 4 "
+    cells = answer.perception_cell_accuracy
+    assert cells(answer.compose(truth, "t", "1"), truth) == 1.0
+    assert cells(answer.compose("2|-\n-|8", "t", "1"), truth) == 0.75  # spacing ignored, one cell wrong
+    assert cells(answer.compose(" - | 2 | - \n - | 4 ", "t", "1"), truth) == 0.5  # a shifted row is wrong
+    assert cells(answer.compose(" 2 | - ", "t", "1"), truth) == 0.5  # missing row
+    assert cells("<answer>1</answer>", truth) == 0.0
+
+
 def test_format_check_is_fast_on_long_repetitive_replies():
     import time
 

@@ -58,6 +58,26 @@ def perception_exact(text: str, truth: str) -> bool:
     return content is not None and content.strip("\r\n") == truth.strip("\r\n")
 
 
+def _cells(board: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("|")] for line in board.strip("\r\n").splitlines()]
+
+
+def perception_cell_accuracy(text: str, truth: str) -> float:
+    """Share of the ground-truth board's cells that the perception block gets right, row by row and
+    column by column ('|'-separated, spaces ignored); 0 without a perception block. It shows a model
+    learning to read long before whole boards come out exact."""
+    want = _cells(truth)
+    content = block(text, "perception")
+    got = _cells(content) if content is not None else []
+    total = sum(len(row) for row in want)
+    right = sum(
+        cell == (got[r][c] if r < len(got) and c < len(got[r]) else None)
+        for r, row in enumerate(want)
+        for c, cell in enumerate(row)
+    )
+    return right / total if total else 0.0
+
+
 def with_perception(text: str, truth: str) -> str:
     """The reply with its (last) perception block replaced by the exact board text -- G1's
     perception-enhanced cold start. A reply without a perception block is returned unchanged."""

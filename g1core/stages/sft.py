@@ -221,7 +221,8 @@ def evaluate_heldout(
     batch_size: int = 32,
     synced: bool = False,
 ) -> dict[str, float]:
-    """Greedy replies on held-out states: perception exact-match and format rate, overall and per game.
+    """Greedy replies on held-out states: perception exact-match, share of cells read right, and format
+    rate, overall and per game.
 
     ``synced``: every rank generates in lockstep (ZeRO-3 gathers the sharded weights in each forward).
     """
@@ -229,7 +230,7 @@ def evaluate_heldout(
 
     from ..models.loading import build_inputs
 
-    hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    hits: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     was_training = model.training
     model.eval()
     try:
@@ -248,19 +249,25 @@ def evaluate_heldout(
                 )
             texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             for row, text in zip(chunk, texts, strict=True):
+                truth = row["text_observation"]
                 hits[row["game"]].append(
-                    (answer.perception_exact(text, row["text_observation"]), answer.is_well_formed(text))
+                    (
+                        float(answer.perception_exact(text, truth)),
+                        answer.perception_cell_accuracy(text, truth),
+                        float(answer.is_well_formed(text)),
+                    )
                 )
     finally:
         model.train(was_training)
+    names = ("perception_exact", "perception_cells", "format_rate")
     every = [h for game in hits.values() for h in game]
     metrics = {
-        "heldout.perception_exact": float(np.mean([p for p, _ in every])) if every else float("nan"),
-        "heldout.format_rate": float(np.mean([f for _, f in every])) if every else float("nan"),
+        f"heldout.{name}": float(np.mean([h[i] for h in every])) if every else float("nan")
+        for i, name in enumerate(names)
     }
     for game, game_hits in sorted(hits.items()):
-        metrics[f"heldout.{game}.perception_exact"] = float(np.mean([p for p, _ in game_hits]))
-        metrics[f"heldout.{game}.format_rate"] = float(np.mean([f for _, f in game_hits]))
+        for i, name in enumerate(names):
+            metrics[f"heldout.{game}.{name}"] = float(np.mean([h[i] for h in game_hits]))
     return metrics
 
 
@@ -489,8 +496,9 @@ class SftRun:
         entry = {"step": state.global_step, "samples_seen": self.samples_seen(state), **metrics}
         state.log_history.append({"g1_eval": entry})
         log.info(
-            "step %d: held-out perception exact %.3f, format %.3f (%.1f s)",
-            state.global_step, metrics["heldout.perception_exact"], metrics["heldout.format_rate"],
+            "step %d: held-out perception exact %.3f (cells %.3f), format %.3f (%.1f s)",
+            state.global_step, metrics["heldout.perception_exact"], metrics["heldout.perception_cells"],
+            metrics["heldout.format_rate"],
             time.perf_counter() - t0,
         )  # fmt: skip
         self.emit(metrics, state.global_step)
