@@ -41,6 +41,7 @@ STAGE_TAG = "g1.stage"
 ROLE_TAG = "g1.role"  # "pipeline" on parent runs
 ERROR_TAG = "g1.error"
 ATTEMPT_TAG = "g1.attempt"  # tries of a stage that share its child run (retries continue it)
+RESUME_TAG = "g1.resume_key"  # identifies one stage task across retries (its output URI)
 MODEL_URI_TAG = "g1.model_uri"  # where a stage's model is stored (runs and logged models)
 MODEL_ID_TAG = "g1.model_id"  # the MLflow LoggedModel that records it
 DEFAULT_EXPERIMENT = "g1"
@@ -277,12 +278,15 @@ class Tracker:
         """Mark the parent run ended (FINISHED, FAILED or KILLED) when the whole pipeline is done."""
         self.client.set_terminated(self.parent_run_id(pipeline_run_id), status)
 
-    def _unfinished_stage_run(self, stage: str, pipeline_run_id: str, params: Mapping[str, str]):
-        """The newest child run of ``stage`` in this pipeline run that did not finish (failed, killed, or
-        left RUNNING by a killed pod) and was started with the same params; None if there is none."""
+    def _unfinished_stage_run(self, stage: str, pipeline_run_id: str, key: str, params: Mapping[str, str]):
+        """The newest child run of ``stage`` in this pipeline run with resume key ``key`` that did not finish
+        (failed, killed, or left RUNNING by a killed pod) and was started with the same params; else None."""
+        if "'" in key or "'" in stage:
+            return None
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STAGE_TAG}` = '{stage}'",
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STAGE_TAG}` = '{stage}' "
+            f"and tags.`{RESUME_TAG}` = '{key}'",
             run_view_type=ViewType.ACTIVE_ONLY,
             max_results=100,
             order_by=["attributes.start_time DESC"],
@@ -301,18 +305,23 @@ class Tracker:
         pipeline_run_id: str,
         config: Mapping | None = None,
         tags: Mapping[str, Any] | None = None,
+        resume_key: str | None = None,
     ) -> Iterator[StageRun]:
         """A child run for one stage: logs the flattened ``config`` as params; FAILED if the block raises.
 
-        A retried stage (a pod restarted after a failure or a kill) continues the child run of the try that
-        did not finish, so its metric history stays in one run; ``g1.attempt`` counts the tries."""
+        With ``resume_key`` (what identifies one task across its retries: the stage's output URI), a retried
+        stage (a pod restarted after a failure or a kill) continues the child run of the try that did not
+        finish, so its metric history stays in one run; ``g1.attempt`` counts the tries. Without it, or for
+        another key (a parallel branch running the same stage), every call makes a run of its own."""
         parent = self.parent_run_id(pipeline_run_id)
         params = flatten(config) if config else {}
-        run = self._unfinished_stage_run(stage, pipeline_run_id, params)
+        run = self._unfinished_stage_run(stage, pipeline_run_id, resume_key, params) if resume_key else None
         attempt = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1 if run else 1
         run_tags = {MLFLOW_PARENT_RUN_ID: parent, STAGE_TAG: stage, PIPELINE_TAG: pipeline_run_id}
         run_tags.update({k: _text(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()})
         run_tags[ATTEMPT_TAG] = str(attempt)
+        if resume_key:
+            run_tags[RESUME_TAG] = _text(resume_key, MAX_TAG_VAL_LENGTH)
         if run is None:
             run = self.client.create_run(self.experiment_id, tags=run_tags, run_name=stage)
         else:

@@ -27,7 +27,8 @@ KILLED_STAGE = """
 import os, sys
 from g1core.tracking import Tracker
 experiment, uri, pipeline_run = sys.argv[1:]
-with Tracker(experiment, uri).stage_run("sft", pipeline_run, config={"sft": {"lr": 0.001}}) as run:
+tracker = Tracker(experiment, uri)
+with tracker.stage_run("sft", pipeline_run, config={"sft": {"lr": 0.001}}, resume_key="s3://b/sft") as run:
     run.log_metrics({"loss": 1.5}, step=20)
     print(run.run_id, flush=True)
     os._exit(9)  # like a pod killed outright: nothing closes the run
@@ -146,9 +147,9 @@ def test_failed_stage_is_marked_and_reraised(uri, experiment):
 
 
 def test_a_retried_stage_continues_the_run_that_did_not_finish(uri, experiment):
-    tracker, config = Tracker(experiment, uri), {"sft": {"lr": 0.001}}
+    tracker, config, key = Tracker(experiment, uri), {"sft": {"lr": 0.001}}, "s3://b/sft"
     with pytest.raises(RuntimeError):
-        with tracker.stage_run("sft", "run-r", config=config) as first:
+        with tracker.stage_run("sft", "run-r", config=config, resume_key=key) as first:
             first.log_metrics({"loss": 2.0}, step=10)
             raise RuntimeError("pod evicted")
     killed = subprocess.run(
@@ -156,7 +157,9 @@ def test_a_retried_stage_continues_the_run_that_did_not_finish(uri, experiment):
     )
     assert killed.returncode == 9 and killed.stdout.strip() == first.run_id
     assert tracker.client.get_run(first.run_id).info.status == "RUNNING"
-    with Tracker(experiment, uri).stage_run("sft", "run-r", config=config) as third:
+    with tracker.stage_run("sft", "run-r", config=config, resume_key="s3://b/other-branch") as other:
+        pass  # the same stage of another branch (another output) while the first is still RUNNING
+    with Tracker(experiment, uri).stage_run("sft", "run-r", config=config, resume_key=key) as third:
         third.log_metrics({"loss": 1.0}, step=30)
     run = tracker.client.get_run(third.run_id)
     assert third.run_id == first.run_id and run.info.status == "FINISHED"
@@ -164,15 +167,15 @@ def test_a_retried_stage_continues_the_run_that_did_not_finish(uri, experiment):
     history = tracker.client.get_metric_history(run.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(10, 2.0), (20, 1.5), (30, 1.0)]
     # a finished stage run again, or a try with other settings, gets a run of its own
-    with tracker.stage_run("sft", "run-r", config=config) as again:
+    with tracker.stage_run("sft", "run-r", config=config, resume_key=key) as again:
         pass
     with pytest.raises(RuntimeError):
-        with tracker.stage_run("sft", "run-r", config=config) as failed:
+        with tracker.stage_run("sft", "run-r", config=config, resume_key=key) as failed:
             raise RuntimeError("bad")
-    with tracker.stage_run("sft", "run-r", config={"sft": {"lr": 0.01}}) as changed:
+    with tracker.stage_run("sft", "run-r", config={"sft": {"lr": 0.01}}, resume_key=key) as changed:
         pass
-    assert len({first.run_id, again.run_id, failed.run_id, changed.run_id}) == 4
-    assert [row["stage"] for row in tracker.runs_table("run-r")] == ["sft"] * 4
+    assert len({first.run_id, other.run_id, again.run_id, failed.run_id, changed.run_id}) == 5
+    assert [row["stage"] for row in tracker.runs_table("run-r")] == ["sft"] * 5
 
 
 def test_bad_metric_names_the_key(uri, experiment):

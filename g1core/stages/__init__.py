@@ -125,7 +125,7 @@ def run_stage(
     tracker = Tracker(cfg.tracking.experiment)
     try:
         with tracker.stage_run(
-            stage, pipeline_run_id, config=_section(cfg, stage), tags={"g1.output_uri": uri}
+            stage, pipeline_run_id, config=_section(cfg, stage), tags={"g1.output_uri": uri}, resume_key=uri
         ) as run:
             inputs = stage_inputs(stage, cfg, pipeline_run_id, artifact_root, upstream)
             run.set_tags({f"g1.input.{k}": v for k, v in flatten(inputs).items()})
