@@ -101,28 +101,16 @@ def test_every_board_cell_is_one_token_after_loading(loaded):
     tokens = processor.tokenizer.tokenize
     for value in [2**k for k in range(1, 18)]:
         assert len(tokens(f" {value}")) == 1, value
-    row = " 1024 | - | 2 | 65536 "
-    assert [processor.tokenizer.convert_tokens_to_string([t]) for t in tokens(row)] == [
-        " 1024",
-        " |",
-        " -",
-        " |",
-        " 2",
-        " |",
-        " 65536",
-        " ",
-    ]
+
+    def pieces(row: str) -> list[str]:
+        return [processor.tokenizer.convert_tokens_to_string([t]) for t in tokens(row)]
+
+    assert pieces(" 1024 | - | 2 | 65536 ") == [" 1024", " |", " -", " |", " 2", " |", " 65536", " "]
     for name in cell_names():  # every multi-word cell name of every game, spaced or at a row's start
         assert len(tokens(f" {name}")) == 1 and len(tokens(name)) == 1, name
-    row = " Steel blue triangle | - | Red circle "
-    assert [processor.tokenizer.convert_tokens_to_string([t]) for t in tokens(row)] == [
-        " Steel blue triangle",
-        " |",
-        " -",
-        " |",
-        " Red circle",
-        " ",
-    ]
+    assert pieces(" Steel blue triangle | - | Red circle ") == [
+        " Steel blue triangle", " |", " -", " |", " Red circle", " ",
+    ]  # fmt: skip
     assert "Dark green diamond" in cell_names() and "Green circle" in cell_names()
 
 

@@ -338,7 +338,7 @@ def _callbacks():
 
         def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
             s = self.run.s
-            if not s.time_cooldown or s.max_train_minutes is None or optimizer is None:
+            if not s.time_cooldown or optimizer is None:  # the config requires max_train_minutes with it
                 return
             factor = cooldown_factor(self.run.training_time(), s.max_train_minutes * 60, s.time_cooldown)
             self.run.lr_factor = factor
@@ -387,17 +387,22 @@ def _trainer_class():
             import torch
             import torch.nn.functional as F
 
+            from ..models.loading import IGNORE_INDEX
+
             labels = inputs["labels"]
-            labelled = (labels != -100).any(dim=0).nonzero()
+            labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
             first = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
             keep = labels.shape[1] - first + 1  # the position before the first label predicts it
             model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
             logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits[:, :-1].float()
             targets = labels[:, first:]
-            mask = targets != -100
+            mask = targets != IGNORE_INDEX
             tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+                logits.reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
             ) / torch.as_tensor(tokens).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as TRL: DDP averages
