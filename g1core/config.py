@@ -258,24 +258,12 @@ class LoraSettings(Section):
 DEEPSPEED_PRESETS = ("zero2", "zero3")  # configs/deepspeed/<name>.json
 
 
-class SftConfig(Section):
-    # ---- data ----
-    games: list[str] = Field(
-        default=[], description="Games (or game specs) of the data set to train on; empty = all of them."
-    )
-    game_weights: dict[str, float] = Field(
-        default={},
-        description="Sampling weight per game; empty = each game as often as it has samples (a plain epoch).",
-    )
-    epochs: float = Field(default=1.0, gt=0, description="Passes over the training samples (paper: 1).")
-    samples: int | None = Field(
-        default=None, ge=1, description="Training samples to draw in all; overrides epochs when set."
-    )
-    heldout_per_game: int = Field(
-        default=32, ge=0, description="States per game kept out of training to measure perception."
-    )
+class TrainingSettings(Section):
+    """What every training stage (SFT, GRPO) sets the same way: optimisation, precision, scale-out, time
+    limit, checkpoints. Each stage's section adds its own data and recipe fields."""
+
     # ---- optimisation ----
-    learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate (paper: 2e-5).")
+    learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate (paper SFT: 2e-5).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
         default="cosine", description="Learning-rate schedule over the run."
     )
@@ -283,13 +271,12 @@ class SftConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     batch_size: int = Field(default=16, ge=1, description="Samples per device per forward pass.")
-    grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
-    seed: int = Field(default=0, description="Seed of the weights' noise, the data mix and the data order.")
+    seed: int = Field(default=0, description="Seed of the weights' noise, the data and its order.")
     freeze_vision: bool = Field(
         default=False, description="Freeze the vision tower (patch embedding and blocks; the merger trains)."
     )
     lora: LoraSettings = Field(
-        default_factory=LoraSettings, description="Low-rank adapters instead of full SFT."
+        default_factory=LoraSettings, description="Low-rank adapters instead of training every weight."
     )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass: less memory, more compute."
@@ -316,8 +303,8 @@ class SftConfig(Section):
     max_train_minutes: float | None = Field(
         default=None,
         gt=0,
-        description="Stop after this much time spent training (benchmarks); held-out evaluations are not "
-        "counted: they measure the run, they do not train it. None = no limit.",
+        description="Stop after this much time spent training (benchmarks); the stage's own measurements "
+        "(held-out evaluations) are not counted: they measure the run, not train it. None = no limit.",
     )
     time_cooldown: float = Field(
         default=0.0,
@@ -327,25 +314,13 @@ class SftConfig(Section):
         "linearly to 0, on top of lr_scheduler (a run stopped by time cannot know its step count, so a "
         "step-based decay cannot end where the run ends). 0 = off.",
     )
-    # ---- checkpoints, logging, evaluation ----
+    # ---- checkpoints, logging ----
     checkpoint_every: int = Field(default=200, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept locally and in the store.")
     log_every: int = Field(default=10, ge=1, description="Steps between loss / lr / tokens-per-s records.")
-    eval_every: int = Field(
-        default=100, ge=0, description="Steps between held-out evaluations; 0 = only before and after."
-    )
-    eval_batch_size: int = Field(default=32, ge=1, description="Held-out states per generation batch.")
-    eval_max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Longest generated reply; None = longest training answer + 16 tokens."
-    )
 
     @model_validator(mode="after")
-    def _weights(self):
-        bad = {g: w for g, w in self.game_weights.items() if w < 0}
-        if bad:
-            raise ValueError(f"game_weights must be >= 0, got {bad}")
-        if self.game_weights and not any(self.game_weights.values()):
-            raise ValueError("game_weights: at least one weight must be > 0")
+    def _cooldown(self):
         if self.time_cooldown and self.max_train_minutes is None:
             raise ValueError("time_cooldown needs max_train_minutes (it is a share of that time)")
         return self
@@ -365,6 +340,143 @@ class SftConfig(Section):
         return value
 
 
+class SftConfig(TrainingSettings):
+    # ---- data ----
+    games: list[str] = Field(
+        default=[], description="Games (or game specs) of the data set to train on; empty = all of them."
+    )
+    game_weights: dict[str, float] = Field(
+        default={},
+        description="Sampling weight per game; empty = each game as often as it has samples (a plain epoch).",
+    )
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training samples (paper: 1).")
+    samples: int | None = Field(
+        default=None, ge=1, description="Training samples to draw in all; overrides epochs when set."
+    )
+    heldout_per_game: int = Field(
+        default=32, ge=0, description="States per game kept out of training to measure perception."
+    )
+    grad_accum: int = Field(default=1, ge=1, description="Forward passes per optimizer step.")
+    # ---- evaluation ----
+    eval_every: int = Field(
+        default=100, ge=0, description="Steps between held-out evaluations; 0 = only before and after."
+    )
+    eval_batch_size: int = Field(default=32, ge=1, description="Held-out states per generation batch.")
+    eval_max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Longest generated reply; None = longest training answer + 16 tokens."
+    )
+
+    @model_validator(mode="after")
+    def _weights(self):
+        bad = {g: w for g, w in self.game_weights.items() if w < 0}
+        if bad:
+            raise ValueError(f"game_weights must be >= 0, got {bad}")
+        if self.game_weights and not any(self.game_weights.values()):
+            raise ValueError("game_weights: at least one weight must be > 0")
+        return self
+
+
+# GRPO recipes: the TRL loss settings each preset stands for; a grpo field set in the config wins.
+GRPO_PRESETS: dict[str, dict[str, Any]] = {
+    # the G1 paper: sequence-mean GRPO loss, k3 KL to the initial model at 0.01, clip 0.2, group-std scaling
+    "paper": {"loss_type": "grpo", "beta": 0.01, "epsilon": 0.2, "epsilon_high": 0.2,
+              "scale_rewards": "group", "mask_truncated_completions": False},
+    # DAPO: token-level loss, clip-higher (0.2 / 0.28), no KL, truncated answers left out of the loss
+    "dapo": {"loss_type": "dapo", "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28,
+             "scale_rewards": "group", "mask_truncated_completions": True},
+    # Dr. GRPO: no length or std normalisation (unbiased advantages), no KL
+    "dr-grpo": {"loss_type": "dr_grpo", "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.2,
+                "scale_rewards": "none", "mask_truncated_completions": False},
+}  # fmt: skip
+
+
+class GrpoConfig(TrainingSettings):
+    # ---- states and rewards ----
+    gym: GymConfig = Field(
+        default_factory=GymConfig,
+        description="Games to train on (any mix), the screens the policy sees, random warm-up moves.",
+    )
+    game_weights: dict[str, float] = Field(
+        default={}, description="Share of each game (by spec or game name) in every step; empty = equal."
+    )
+    reward_weights: dict[str, float] = Field(
+        default={"game": 1.0, "format": 1.0, "perception": 0.0},
+        description="Weight of each reward component in the total (paper: game 1, format 1, perception 0).",
+    )
+    # ---- the RL recipe ----
+    preset: Literal["paper", "dapo", "dr-grpo"] = Field(
+        default="paper", description="Loss recipe (GRPO_PRESETS); fields below that are set override it."
+    )
+    steps: int = Field(default=450, ge=1, description="RL steps, one optimizer step each (paper: ~400-500).")
+    states_per_step: int = Field(default=128, ge=1, description="Game states sampled per step (paper: 128).")
+    num_generations: int = Field(
+        default=5, ge=2, description="Answers sampled per state, the group (paper: 5)."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (paper: 1.0).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=8192, ge=1, description="Longest answer (paper: 8,192).")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] | None = Field(
+        default=None, description="TRL loss normalisation; None = the preset's."
+    )
+    beta: float | None = Field(default=None, ge=0, description="k3 KL coefficient; None = the preset's.")
+    epsilon: float | None = Field(default=None, gt=0, description="Lower clip range; None = the preset's.")
+    epsilon_high: float | None = Field(
+        default=None, gt=0, description="Upper clip range (clip-higher); None = the preset's."
+    )
+    scale_rewards: Literal["group", "batch", "none"] | None = Field(
+        default=None, description="Divide advantages by the group's (or batch's) reward std; None = preset."
+    )
+    mask_truncated_completions: bool | None = Field(
+        default=None, description="Leave answers cut at max_new_tokens out of the loss; None = the preset's."
+    )
+    # ---- generation backend ----
+    use_vllm: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Generate with vLLM colocated on the training GPUs: auto = when vllm imports and a GPU "
+        "is there; off = Hugging Face generate (the CPU path).",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3, gt=0, le=1, description="Share of each GPU's memory vLLM may take beside training."
+    )
+    # ---- defaults of the shared settings that differ for RL ----
+    learning_rate: float = Field(default=1e-6, gt=0, description="Learning rate (paper: 1e-6 constant).")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        default="constant", description="Learning-rate schedule over the run (paper: constant)."
+    )
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share of steps spent warming up.")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description="Answers per device per forward pass; a step's states_per_step * num_generations answers "
+        "are split into forward passes of this size and summed into one optimizer step.",
+    )
+    checkpoint_every: int = Field(default=20, ge=1, description="RL steps between checkpoints.")
+    log_every: int = Field(default=1, ge=1, description="RL steps between metric records.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        from .gym import rewards
+
+        rewards.check_weights(self.reward_weights)
+        bad = {g: w for g, w in self.game_weights.items() if w < 0}
+        if bad:
+            raise ValueError(f"game_weights must be >= 0, got {bad}")
+        if self.game_weights and not any(self.game_weights.values()):
+            raise ValueError("game_weights: at least one weight must be > 0")
+        answers = self.states_per_step * self.num_generations
+        if answers % self.batch_size:
+            raise ValueError(
+                f"states_per_step * num_generations ({answers}) must be a multiple of batch_size "
+                f"({self.batch_size}): each step's answers are split into forward passes of that size"
+            )
+        return self
+
+    def recipe(self) -> dict[str, Any]:
+        """The loss settings in force: the preset's, with every field set here taking precedence."""
+        preset = GRPO_PRESETS[self.preset]
+        return {k: (preset[k] if getattr(self, k) is None else getattr(self, k)) for k in preset}
+
+
 class TrackingConfig(Section):
     experiment: str = Field(default="g1", description="MLflow experiment that holds the pipeline's runs.")
 
@@ -380,6 +492,7 @@ class PipelineConfig(Section):
     )
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Teacher distillation stage.")
     sft: SftConfig = Field(default_factory=SftConfig, description="Perception-enhanced SFT (cold start).")
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig, description="GRPO RL (G0 from base, G1 from SFT).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation stage.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
 

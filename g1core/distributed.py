@@ -105,6 +105,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size() -> int:
+    """Processes in the whole run (1 outside a launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def local_world_size() -> int:
     """Processes on this node (1 outside a launch): they share its CPU cores."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))

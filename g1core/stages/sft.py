@@ -39,13 +39,11 @@ op: torch's AdamW replaces DeepSpeed's, and the shared-memory collective op is n
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,12 +55,10 @@ from pydantic import Field
 from .. import distributed, storage
 from ..config import ModelConfig, Section, SftConfig, TrackingConfig
 from ..gym import answer
+from . import training
+from .training import LATEST, RESULT, MetricsSink, cooldown_factor  # noqa: F401 (the stage's public names)
 
 log = logging.getLogger(__name__)
-
-MetricsSink = Callable[[dict[str, float], int], None]  # (metrics, step), e.g. StageRun.log_metrics
-LATEST = "LATEST"  # names the newest fully uploaded checkpoint under <output>/checkpoints/
-RESULT = "result.json"
 
 
 class SftRunConfig(Section):
@@ -272,13 +268,12 @@ def evaluate_heldout(
 
 
 # ---- the run -------------------------------------------------------------------------------------------
-def _callbacks():
-    """The Trainer callbacks (built lazily: transformers is imported only when a run starts)."""
+def _evaluate_callback():
+    """The held-out evaluation every ``eval_every`` steps, kept in the Trainer's state (so checkpoints hold
+    it); built lazily: transformers is imported only when a run starts."""
     from transformers import TrainerCallback
 
     class Evaluate(TrainerCallback):
-        """Held-out evaluation every ``every`` steps, kept in the Trainer's state (so checkpoints hold it)."""
-
         def __init__(self, run: SftRun):
             self.run = run
 
@@ -291,78 +286,12 @@ def _callbacks():
             if every and state.global_step % every == 0:
                 self.run.record_eval(model, state)
 
-    class Throughput(TrainerCallback):
-        """Loss, learning rate and tokens/s every ``log_every`` steps, sent to the metrics sink."""
-
-        def __init__(self, run: SftRun):
-            self.run = run
-            self.mark: tuple[float, float] | None = None
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = dict(logs or {})
-            if "learning_rate" in logs:  # the rate the optimizer used: the scheduler's times the cooldown
-                logs["learning_rate"] *= self.run.lr_factor
-            now, tokens = self.run.training_time(), float(logs.get("num_tokens", 0.0))
-            if self.mark is not None and now > self.mark[0] and tokens >= self.mark[1]:
-                logs["tokens_per_s"] = (tokens - self.mark[1]) / (now - self.mark[0])
-            self.mark = (now, tokens)
-            numbers = {
-                f"train.{k}": float(v) for k, v in logs.items() if isinstance(v, int | float) and k != "epoch"
-            }
-            self.run.emit(numbers, state.global_step)
-
-    class Mirror(TrainerCallback):
-        """Upload each checkpoint, then name it in LATEST; prune old ones; obey the time limit."""
-
-        def __init__(self, run: SftRun):
-            self.run = run
-
-        def on_save(self, args, state, control, **kwargs):
-            self.run.mirror_checkpoint(state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            limit = self.run.s.max_train_minutes
-            if limit is None:
-                return
-            over = self.run.training_time() > limit * 60
-            if distributed.any_rank(over, args.device):  # every rank stops at the same step
-                log.info("max_train_minutes=%g reached at step %d; stopping", limit, state.global_step)
-                control.should_training_stop = True
-
-    class TimeCooldown(TrainerCallback):
-        """The learning rate times (time left / cooldown time) over the last ``time_cooldown`` share of
-        ``max_train_minutes``: set before each optimizer step, on top of the scheduler's value."""
-
-        def __init__(self, run: SftRun):
-            self.run = run
-
-        def on_step_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-            s = self.run.s
-            if not s.time_cooldown or optimizer is None:  # the config requires max_train_minutes with it
-                return
-            factor = cooldown_factor(self.run.training_time(), s.max_train_minutes * 60, s.time_cooldown)
-            self.run.lr_factor = factor
-            for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr * factor
-
-    return Evaluate, Throughput, Mirror, TimeCooldown
-
-
-def cooldown_factor(elapsed: float, budget: float, share: float) -> float:
-    """1 until the last ``share`` of ``budget`` seconds, then falling linearly to 0 at ``budget``."""
-    start = budget * (1 - share)
-    return 1.0 if elapsed <= start else max(0.0, (budget - elapsed) / (budget - start))
+    return Evaluate
 
 
 def _trainer_class():
     """``SFTTrainer`` whose loss is the token mean of each optimizer step, and that restores checkpoint
-    weights through ``from_pretrained``.
-
-    transformers 5 saves Qwen2.5-VL checkpoints under the original (hub) key names but the Trainer's resume
-    loads them with a bare ``load_state_dict(strict=False)``, which matches none of them and silently keeps
-    the current weights; loading through the model class applies the key conversion.
-    """
-    from accelerate.utils import is_peft_model
+    weights through ``from_pretrained`` (:func:`training.checkpoint_loading`)."""
     from trl import SFTTrainer
 
     class G1SFTTrainer(SFTTrainer):
@@ -419,34 +348,13 @@ def _trainer_class():
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return loss
 
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            model = self.model if model is None else model
-            if is_peft_model(model) or self.is_fsdp_enabled or self.is_deepspeed_enabled:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            dtype = next(model.parameters()).dtype
-            saved = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
-            model.load_state_dict(saved.state_dict(), strict=True)
-            log.info("model weights restored from %s", resume_from_checkpoint)
-
-    return G1SFTTrainer
+    return training.checkpoint_loading(G1SFTTrainer)
 
 
-def _quiet_console(trainer, progress: bool) -> None:
-    """Keep stdout clean: the Trainer prints every log dict; ours go to logging and the metrics sink."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    class BarOnly(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    if progress:
-        trainer.add_callback(BarOnly())
-
-
-class SftRun:
+class SftRun(training.TrainingRun):
     """One SFT run from ``dataset_uri`` into ``output_uri``; call :meth:`run`."""
+
+    stage = "sft"
 
     def __init__(
         self,
@@ -457,31 +365,14 @@ class SftRun:
         on_metrics: MetricsSink | None = None,
         work_dir: str | os.PathLike | None = None,
     ):
-        self.cfg = cfg
-        self.s: SftConfig = cfg.sft
-        self.dataset_uri, self.uri, self.progress = dataset_uri, output_uri, progress
-        self.on_metrics = on_metrics
-        from ..policies import work_dir as default_work_dir
-
-        root = Path(work_dir) if work_dir else default_work_dir() / "sft"
-        self.local = root / hashlib.sha256(output_uri.encode()).hexdigest()[:16]
+        super().__init__(cfg, cfg.sft, output_uri, progress, on_metrics, work_dir)
+        self.dataset_uri = dataset_uri
         self.history: list[dict] = []
-        self.started = time.perf_counter()
-        self.eval_seconds = 0.0
-        self.lr_factor = 1.0  # the time cooldown's share of the scheduled learning rate
-        self.main = distributed.rank() == 0  # rank 0 alone uploads, writes the outputs and reports metrics
-        self.world = 1  # training processes, known once the Trainer's arguments are built
-        self.ds_config: dict | None = None
 
-    # ---- helpers used by the callbacks -----------------------------------------------------------
-    def emit(self, metrics: dict[str, float], step: int) -> None:
-        """Send metrics to the sink (MLflow in the pipeline); a failing sink never stops training."""
-        if self.on_metrics is None or not metrics or not self.main:
-            return
-        try:
-            self.on_metrics(metrics, step)
-        except Exception as err:  # tracking is best effort during training
-            log.warning("could not record metrics at step %d: %s", step, err)
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds spent in held-out evaluations (not counted as training time)."""
+        return self.paused
 
     def record_eval(self, model, state) -> dict[str, float]:
         """Evaluate on the held-out states, log it, and keep it in the Trainer state's log history."""
@@ -507,12 +398,8 @@ class SftRun:
             time.perf_counter() - t0,
         )  # fmt: skip
         self.emit(metrics, state.global_step)
-        self.eval_seconds += time.perf_counter() - t0
+        self.paused += time.perf_counter() - t0
         return metrics
-
-    def training_time(self) -> float:
-        """Seconds since training started, less the time spent in held-out evaluations."""
-        return time.perf_counter() - self.started - self.eval_seconds
 
     def samples_per_step(self) -> int:
         """Training samples per optimizer step, over every process."""
@@ -520,45 +407,6 @@ class SftRun:
 
     def samples_seen(self, state) -> int:
         return min(state.global_step * self.samples_per_step(), len(self.train))
-
-    def mirror_checkpoint(self, step: int) -> None:
-        """Copy ``checkpoint-<step>`` to the store, mark it newest, drop stored ones the Trainer dropped.
-
-        Rank 0 uploads once every rank has written its part (DeepSpeed shards its optimizer states)."""
-        distributed.barrier()
-        if not self.main:
-            return
-        name = f"checkpoint-{step}"
-        remote = storage.join(self.uri, "checkpoints")
-        storage.put_dir(self.local / "trainer" / name, storage.join(remote, name))
-        storage.write_bytes(storage.join(remote, LATEST), name.encode())
-        kept = {p.name for p in (self.local / "trainer").glob("checkpoint-*")}
-        for old in self._stored_checkpoints():
-            if old not in kept:
-                storage.delete(storage.join(remote, old), recursive=True)
-        log.info("checkpoint %s stored in %s", name, remote)
-
-    def _stored_checkpoints(self) -> set[str]:
-        prefix = storage.join(self.uri, "checkpoints") + "/"
-        return {
-            u[len(prefix) :].split("/", 1)[0]
-            for u in storage.list_uris(storage.join(self.uri, "checkpoints"))
-            if u[len(prefix) :].startswith("checkpoint-")
-        }
-
-    def _restore_checkpoint(self) -> str | None:
-        """The local folder of the newest stored checkpoint (downloaded when missing here), or None."""
-        latest = storage.join(self.uri, "checkpoints", LATEST)
-        if not storage.exists(latest):
-            return None
-        name = storage.read_bytes(latest).decode().strip()
-        local = self.local / "trainer" / name
-        if not (local / "trainer_state.json").is_file():
-            if local.exists():
-                shutil.rmtree(local)
-            storage.get_dir(storage.join(self.uri, "checkpoints", name), local)
-        log.info("resuming from %s", name)
-        return str(local)
 
     # ---- setup ------------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -591,84 +439,30 @@ class SftRun:
         budget = PixelBudget(m.pixels.min_pixels, m.pixels.max_pixels)
         dtype = "float32" if m.dtype == "auto" else m.dtype  # fp32 master weights; bf16 runs as autocast
         model, self.processor = load_model(
-            resolve_model(m.name_or_path), dtype=dtype, device=self._device(), budget=budget
+            resolve_model(m.name_or_path), dtype=dtype, device=self.device(), budget=budget
         )
         for image_size, prompt in {(tuple(r["image_size"]), r["prompt"]) for r in self.train + self.heldout}:
             preflight(self.processor, image_size, prompt, m.max_prompt_tokens)
         longest = max(len(self.processor.tokenizer(r["answer"])["input_ids"]) for r in self.train)
         self.max_new_tokens = self.s.eval_max_new_tokens or longest + 16
-        if self.s.freeze_vision:
-            visual = model.model.visual
-            for name, p in visual.named_parameters():
-                p.requires_grad = name.startswith("merger.")
-        if self.s.lora.r > 0:
-            model = self._with_lora(model)
-        return model
-
-    def _device(self) -> str:
-        """Where this process loads the weights: its own GPU, or the CPU (ZeRO-3 shards them from there)."""
-        import torch
-
-        if not torch.cuda.is_available() or distributed.zero_stage(self.ds_config) == 3:
-            return "cpu"
-        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-
-    def _with_lora(self, model):
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as err:
-            raise ModuleNotFoundError("sft.lora.r > 0 needs the peft package (pip install peft)") from err
-        lora = self.s.lora
-        targets = rf"model\.language_model\..*\.({'|'.join(lora.target_modules)})"
-        peft_cfg = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
-        )
-        return get_peft_model(model, peft_cfg)
+        return self.prepare_model(model)
 
     def _training_args(self):
-        import torch
         from trl import SFTConfig as TrlSFTConfig
 
-        s = self.s
-        cuda = torch.cuda.is_available()
-        bf16 = s.bf16 == "on" or (s.bf16 == "auto" and cuda and torch.cuda.is_bf16_supported())
-        if bf16 and not cuda:
-            raise ValueError("sft.bf16=on needs a GPU; use 'auto' or 'off' on CPU")
         return TrlSFTConfig(
-            output_dir=str(self.local / "trainer"),
-            per_device_train_batch_size=s.batch_size,
-            gradient_accumulation_steps=s.grad_accum,
+            **self.common_args(),
+            gradient_accumulation_steps=self.s.grad_accum,
             num_train_epochs=1,  # the mix already holds every pass over the data
-            learning_rate=s.learning_rate,
-            lr_scheduler_type=s.lr_scheduler,
-            warmup_steps=s.warmup_ratio,
-            weight_decay=s.weight_decay,
-            max_grad_norm=s.max_grad_norm,
-            seed=s.seed,
-            data_seed=s.seed,
-            bf16=bf16,
-            use_cpu=not cuda,
-            deepspeed=self.ds_config,
-            activation_checkpointing=s.gradient_checkpointing,
-            ddp_find_unused_parameters=False,  # every trainable weight takes part in every forward
-            logging_steps=s.log_every,
-            save_strategy="steps",
-            save_steps=s.checkpoint_every,
-            save_total_limit=s.keep_checkpoints,
-            report_to="none",
-            disable_tqdm=not self.progress,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
             max_length=None,
             dataset_kwargs={"skip_prepare_dataset": True},
         )
 
     # ---- run --------------------------------------------------------------------------------------
     def run(self) -> SftResult:
-        done = storage.join(self.uri, RESULT)
-        if storage.exists(done):
-            log.info("%s already holds a finished SFT run; nothing to do", self.uri)
-            return SftResult(**json.loads(storage.read_bytes(done)))
+        done = self.finished()
+        if done is not None:
+            return SftResult(**done)
         processes = distributed.resolve_num_processes(self.s.num_processes)
         if processes > 1 and not distributed.launched():
             return self._launch(processes)
@@ -680,37 +474,22 @@ class SftRun:
 
         data = _local_dataset(self.dataset_uri)
         model = self.cfg.model.model_copy(update={"name_or_path": resolve_model(self.cfg.model.name_or_path)})
-        self._restore_checkpoint()  # downloaded here once; the workers find it in the shared work dir
         args = {
             "cfg": {"model": model.model_dump(mode="json"), "sft": self.s.model_dump(mode="json")},
             "dataset_uri": str(data),
-            "output_uri": self.uri,
-            "progress": self.progress,
-            "work_dir": str(self.local.parent),
         }
-        distributed.launch(
-            f"{__name__}:_worker", args, processes, self.local / "launch", self.s.deepspeed, self.emit
-        )
-        return SftResult(**json.loads(storage.read_bytes(storage.join(self.uri, RESULT))))
+        return SftResult(**self.launch(f"{__name__}:_worker", args, processes))
 
     def _train(self) -> SftResult:
         """Train in this process (alone, or as one rank of a launch)."""
-        import torch
-
-        if self.s.deepspeed:
-            self.ds_config = distributed.load_deepspeed_config(self.s.deepspeed, torch.cuda.is_available())
-            distributed.disable_cpu_op_builds()
-            if distributed.zero_stage(self.ds_config) == 3 and self.s.lora.r > 0:
-                raise ValueError("sft.lora.r > 0 with a ZeRO-3 sft.deepspeed: not supported, use zero2")
-        cores = max(1, (os.cpu_count() or 1) // distributed.local_world_size())
-        torch.set_num_threads(self.s.threads or cores)
+        self.setup_process()
         self._load_data()
         model = self._load_model()
-        resume = self._restore_checkpoint()
+        resume = self.restore_checkpoint()
         with distributed.deepspeed_session() if self.ds_config else nullcontext():
             trainer, output, seconds = self._fit(model, resume)
             evals = self._final_evals(trainer)
-            model_uri = self._save_final(trainer)
+            model_uri = self.save_final(trainer, self.processor)
         state = trainer.state
         steps_run = state.global_step - (int(Path(resume).name.split("-")[-1]) if resume else 0)
         tokens = float(getattr(trainer, "_total_train_tokens", 0))
@@ -730,9 +509,8 @@ class SftRun:
             final={k: v for k, v in (evals[-1] if evals else {}).items() if k.startswith("heldout.")},
             history=evals,
         )
+        self.write_result(result.to_dict())
         if self.main:
-            done = json.dumps(result.to_dict(), indent=2).encode()
-            storage.write_bytes(storage.join(self.uri, RESULT), done)
             log.info("SFT done: %d steps, model in %s", result.steps, model_uri)
         return result
 
@@ -742,7 +520,7 @@ class SftRun:
 
         # The Trainer's sampler orders (and on resume skips) row numbers; the collator looks the rows up.
         dataset = Dataset.from_dict({"row": list(range(len(self.train)))})
-        evaluate, throughput, mirror, cooldown = _callbacks()
+        throughput, mirror, cooldown = training.callbacks()
         args = self._training_args()
         self.world = args.world_size
         trainer = _trainer_class()(
@@ -751,10 +529,10 @@ class SftRun:
             data_collator=Collator(self.processor, self.images, self.train),
             train_dataset=dataset,
             processing_class=self.processor,
-            callbacks=[evaluate(self), throughput(self), mirror(self), cooldown(self)],
+            callbacks=[_evaluate_callback()(self), throughput(self), mirror(self), cooldown(self)],
         )
-        _quiet_console(trainer, self.progress and self.main)
-        self.started, self.eval_seconds = time.perf_counter(), 0.0
+        training.quiet_console(trainer, self.progress and self.main)
+        self.started, self.paused = time.perf_counter(), 0.0
         output = trainer.train(resume_from_checkpoint=resume)
         return trainer, output, self.training_time()
 
@@ -766,31 +544,6 @@ class SftRun:
             self.record_eval(trainer.model, state)
             evals = [e["g1_eval"] for e in state.log_history if "g1_eval" in e]
         return evals
-
-    def _save_final(self, trainer) -> str:
-        """The trained model (adapters merged) and its processor, in HF format, to ``<uri>/model``.
-
-        Under ZeRO-3 every rank first takes part in gathering the sharded weights; rank 0 writes them."""
-        import torch
-
-        model_uri = storage.join(self.uri, "model")
-        state_dict = None
-        if distributed.zero_stage(self.ds_config) == 3:
-            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-        if not self.main:
-            return model_uri
-        model = trainer.model
-        if self.s.lora.r > 0:
-            model = model.merge_and_unload()
-        if trainer.args.bf16 and state_dict is None:
-            model = model.to(torch.bfloat16)  # trained in bf16 mixed precision: kept (and served) in bf16
-        out = self.local / "final"
-        if out.exists():
-            shutil.rmtree(out)
-        model.save_pretrained(out, state_dict=state_dict)
-        self.processor.save_pretrained(out)
-        storage.put_dir(out, model_uri)
-        return model_uri
 
 
 def _worker(args: dict) -> None:
