@@ -136,7 +136,7 @@ def cmd_stage(args) -> int:
     from g1core.stages import run_stage
 
     cfg = load_config(args.config, args.overrides)
-    upstream = {"distill": args.dataset} if getattr(args, "dataset", None) else None
+    upstream = {"distill": getattr(args, "dataset", None), "sft": getattr(args, "sft", None)}
     uri = run_stage(
         args.stage,
         cfg,
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, text in (
         ("distill", "teacher distillation: the cold-start data set"),
         ("sft", "perception-enhanced SFT (cold start) on the distilled data set"),
+        ("g0", "GRPO RL from the base model (G0)"),
+        ("g1", "GRPO RL from the sft stage's model (G1)"),
         ("evaluate", "score players under the paper's protocol, with a report"),
     ):
         p = top.add_parser(stage, help=text)
@@ -247,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--dataset",
                 metavar="URI",
                 help="the distilled data set (default: the distill stage's output of the same --run-id)",
+            )
+        if stage == "g1":
+            p.add_argument(
+                "--sft",
+                metavar="URI",
+                help="the sft stage's output to start from (default: that of the same --run-id)",
             )
         p.set_defaults(fn=cmd_stage, stage=stage)
 

@@ -1,16 +1,21 @@
-"""The g1 pipeline: distill -> sft -> evaluate (base model, SFT model, teacher and random baselines).
+"""The g1 pipeline, the paper's whole experiment: two branches, then one evaluation.
+
+    base model ──────────────────────────── grpo (G0) ──┐
+    base model ── distill ── sft ────────── grpo (G1) ──┴── evaluate (base, G0, SFT, G1, teacher, random)
 
 Each stage is a lightweight KFP component (components/), so the same function runs in a pod and in
-``kfp.local``. A stage's output URI is the next one's input: sft trains on distill's data set and
-evaluate plays sft's model (``kind: hf, model: sft``). Pod settings (GPUs, secrets, node selectors,
-/dev/shm, retries) are compiled in from ``STAGE_RESOURCES``; edit them there and run
-``g1 pipeline compile``. The SFT stage's GPU count is also a pipeline parameter (``sft_gpus``).
+``kfp.local``. A stage's output URI is the next one's input: sft trains on distill's data set, G1 starts
+from sft's model, and evaluate plays the trained models (``kind: hf, model: sft | g0 | g1``). Pod settings
+(GPUs, secrets, node selectors, /dev/shm, retries) are compiled in from ``STAGE_RESOURCES``; edit them
+there and run ``g1 pipeline compile``. The GPU counts of the SFT and GRPO stages are also pipeline
+parameters (``sft_gpus``, ``grpo_gpus``).
 """
 
 from kfp import dsl, kubernetes
 
 from components.distill import distill
 from components.evaluate import evaluate
+from components.grpo import grpo
 from components.sft import sft
 from g1core.config import config_to_json, load_config
 
@@ -41,6 +46,16 @@ STAGE_RESOURCES = {
     "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi", "retries": 3},
     # retries: a killed SFT pod resumes from the checkpoints under its output URI (same run id)
     "sft": {
+        "cpu": "32",
+        "memory": "256G",
+        "gpus": 8,
+        "accelerator": "nvidia.com/gpu",
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "shm": "64Gi",
+        "retries": 3,
+    },
+    # retries: a killed GRPO pod resumes from its checkpoints, the state stream where it stopped
+    "grpo": {
         "cpu": "32",
         "memory": "256G",
         "gpus": 8,
@@ -91,12 +106,14 @@ def configure(
 
 @dsl.pipeline(
     name="g1",
-    description="G1: distill a teacher's answers, SFT cold start on them, evaluate the players (spec §6-7).",
+    description="G1: GRPO from the base model (G0) beside distill -> SFT cold start -> GRPO (G1), then one "
+    "evaluation of base, G0, SFT, G1, the teacher and random (spec §5-7).",
 )
 def g1_pipeline(
     config_json: str = DEFAULT_CONFIG_JSON,
     artifact_root: str = "",
     sft_gpus: int = STAGE_RESOURCES["sft"]["gpus"],
+    grpo_gpus: int = STAGE_RESOURCES["grpo"]["gpus"],
 ) -> str:
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     data = distill(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
@@ -107,8 +124,25 @@ def g1_pipeline(
     )
     configure(tuned, "sft", gpus=sft_gpus)
     tuned.set_display_name("sft")
+    g0 = grpo(config_json=config_json, pipeline_run_id=run_id, branch="g0", artifact_root=artifact_root)
+    configure(g0, "grpo", gpus=grpo_gpus)
+    g0.set_display_name("grpo-g0")
+    g1 = grpo(
+        config_json=config_json,
+        pipeline_run_id=run_id,
+        branch="g1",
+        artifact_root=artifact_root,
+        sft_uri=tuned.output,
+    )
+    configure(g1, "grpo", gpus=grpo_gpus)
+    g1.set_display_name("grpo-g1")
     report = evaluate(
-        config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root, sft_uri=tuned.output
+        config_json=config_json,
+        pipeline_run_id=run_id,
+        artifact_root=artifact_root,
+        sft_uri=tuned.output,
+        g0_uri=g0.output,
+        g1_uri=g1.output,
     )
     configure(report, "evaluate", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
     report.set_display_name("evaluate")

@@ -65,7 +65,10 @@ def test_players_are_checked_before_any_play_and_partial_results_kept(tmp_path):
         ["evaluate.games=[swap]", "evaluate.runs=1", "evaluate.steps=2", "model.max_prompt_tokens=64"],
     )
     with pytest.raises(ValueError, match="max_prompt_tokens"):
-        evaluate.run(cfg, str(tmp_path / "early"), progress=False, models={"sft": resolve_model("tiny")})
+        tiny = resolve_model("tiny")
+        evaluate.run(
+            cfg, str(tmp_path / "early"), progress=False, models=dict.fromkeys(("sft", "g0", "g1"), tiny)
+        )
     assert not storage.exists(str(tmp_path / "early" / "results.json"))  # nothing was played
 
     class Broken:
@@ -105,9 +108,14 @@ def test_players_name_the_models_of_training_stages(tmp_path):
 
     trained = resolve_model("tiny")  # any Hugging Face folder stands in for an SFT model here
     cfg = load_config("local-tiny", ["evaluate.games=[swap]", "evaluate.runs=1", "evaluate.steps=1"])
-    players = evaluate.stage_models(cfg.evaluate.policies, {"sft": trained})
+    models = {"sft": trained, "g0": trained, "g1": trained}
+    players = evaluate.stage_models(cfg.evaluate.policies, models)
     assert [p.label for p in players] == [p.label for p in cfg.evaluate.policies]
-    assert [p.model for p in players if p.kind == "hf"] == ["base", trained]  # 'base' stays the base model
+    assert [p.model for p in players if p.kind == "hf"] == ["base"] + [
+        trained
+    ] * 3  # 'base' stays the base model
+    with pytest.raises(ValueError, match=r"evaluate.policies.4 \(g0-tiny\): model 'g0'.*no g0 output"):
+        evaluate.stage_models(cfg.evaluate.policies, {"sft": trained})
 
     with pytest.raises(ValueError, match=r"evaluate.policies.3 \(sft-tiny\): model 'sft'.*no sft output"):
         evaluate.stage_models(cfg.evaluate.policies, None)

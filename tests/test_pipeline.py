@@ -33,9 +33,10 @@ def test_pod_settings_are_compiled_in():
     ir = list(yaml.safe_load_all((COMPILED / "g1_pipeline.yaml").read_text()))
     platform = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     evaluate, distill, sft = platform["exec-evaluate"], platform["exec-distill"], platform["exec-sft"]
+    g0, g1 = platform["exec-grpo"], platform["exec-grpo-2"]
     assert {s["secretName"] for s in distill["secretAsEnv"]} == {"g1-s3", "g1-hf", "g1-teacher"}
     assert {s["secretName"] for s in sft["secretAsEnv"]} == {"g1-s3", "g1-hf"}
-    for gpu_stage in (evaluate, sft):
+    for gpu_stage in (evaluate, sft, g0, g1):
         assert gpu_stage["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
         assert gpu_stage["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert sft["emptyDirMounts"][0]["sizeLimit"] == STAGE_RESOURCES["sft"]["shm"]
@@ -43,28 +44,44 @@ def test_pod_settings_are_compiled_in():
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert executors["exec-distill"]["container"]["image"].startswith("ghcr.io/")
     assert executors["exec-sft"]["container"]["image"] == image_for("sft") == image_for("evaluate")
+    assert executors["exec-grpo"]["container"]["image"] == image_for("grpo")
     # the SFT pod's GPU count is a pipeline parameter (default from STAGE_RESOURCES)
     sft_gpus = executors["exec-sft"]["container"]["resources"]["accelerator"]["resourceCount"]
     assert "sft_gpus" in sft_gpus
     assert ir[0]["root"]["inputDefinitions"]["parameters"]["sft_gpus"]["defaultValue"] == 8
+    assert ir[0]["root"]["inputDefinitions"]["parameters"]["grpo_gpus"]["defaultValue"] == 8
     tasks = ir[0]["root"]["dag"]["tasks"]
-    assert tasks["sft"]["retryPolicy"]["maxRetryCount"] == STAGE_RESOURCES["sft"]["retries"] > 0
-    # distill -> sft -> evaluate, each fed the URI its upstream stage returned
-    assert tasks["sft"]["dependentTasks"] == ["distill"] and tasks["evaluate"]["dependentTasks"] == ["sft"]
+    for task, stage in (("sft", "sft"), ("grpo", "grpo"), ("grpo-2", "grpo")):
+        assert tasks[task]["retryPolicy"]["maxRetryCount"] == STAGE_RESOURCES[stage]["retries"] > 0
+    # G0 from the base model beside distill -> sft -> G1; evaluate after both branches, each stage fed
+    # the URI its upstream stage returned
+    branch = {name: task["inputs"]["parameters"]["branch"]["runtimeValue"]["constant"]
+              for name, task in tasks.items() if name.startswith("grpo")}  # fmt: skip
+    assert branch == {"grpo": "g0", "grpo-2": "g1"}
+    assert "dependentTasks" not in tasks["grpo"] and tasks["grpo-2"]["dependentTasks"] == ["sft"]
+    assert tasks["sft"]["dependentTasks"] == ["distill"]
+    assert tasks["evaluate"]["dependentTasks"] == ["grpo", "grpo-2", "sft"]
     feeds = {
         (name, key): value["taskOutputParameter"]["producerTask"]
         for name, task in tasks.items()
         for key, value in task["inputs"]["parameters"].items()
         if "taskOutputParameter" in value
     }
-    assert feeds == {("sft", "dataset_uri"): "distill", ("evaluate", "sft_uri"): "sft"}
+    assert feeds == {
+        ("sft", "dataset_uri"): "distill",
+        ("grpo-2", "sft_uri"): "sft",
+        ("evaluate", "sft_uri"): "sft",
+        ("evaluate", "g0_uri"): "grpo",
+        ("evaluate", "g1_uri"): "grpo-2",
+    }
     k8s = list(yaml.safe_load_all((COMPILED / "g1_pipeline.k8s.yaml").read_text()))
     assert [d["kind"] for d in k8s] == ["Pipeline", "PipelineVersion"]
 
 
 def test_local_kfp_run_of_the_whole_dag(tmp_path):
-    """`g1 pipeline run --local` in a fresh process: distill -> sft -> evaluate via kfp.local, tracked in
-    MLflow; the evaluation plays the model the SFT stage trained, recorded in MLflow by reference."""
+    """`g1 pipeline run --local` in a fresh process: G0 beside distill -> sft -> G1, then evaluate, via
+    kfp.local, tracked in MLflow; the evaluation plays the models the training stages made, recorded in
+    MLflow by reference."""
     env = {**os.environ, "G1_WORK_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     for key in ("G1_ARTIFACT_ROOT", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
@@ -76,6 +93,11 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
         "sft.heldout_per_game=1",
         "sft.log_every=1",
         "sft.eval_max_new_tokens=8",
+        "grpo.steps=2",
+        "grpo.states_per_step=2",
+        "grpo.num_generations=2",
+        "grpo.batch_size=4",
+        "grpo.max_new_tokens=8",
         "evaluate.games=[2048]",
         "evaluate.runs=1",
         "evaluate.steps=2",
@@ -87,7 +109,7 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     report_uri = done.stdout.strip().splitlines()[-1]
     assert report_uri.startswith(str(tmp_path / "artifacts" / "g1-local"))
     report = storage.read_bytes(storage.join(report_uri, "report.md")).decode()
-    for player in ("base-tiny", "sft-tiny", "oracle@0.5", "random"):
+    for player in ("base-tiny", "sft-tiny", "g0-tiny", "g1-tiny", "oracle@0.5", "random"):
         assert f"| 2048 | {player} |" in report
     run_dir = Path(report_uri).parent
     run_id = run_dir.name
@@ -95,21 +117,31 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     model = run_dir / "sft" / "model"
     assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
     assert json.loads((run_dir / "sft" / "result.json").read_text())["steps"] == 2
+    g1_result = json.loads((run_dir / "g1" / "result.json").read_text())
+    assert g1_result["steps"] == 2 and g1_result["start_model"] == str(model)  # G1 starts from SFT
+    assert json.loads((run_dir / "g0" / "result.json").read_text())["start_model"] == "tiny"
 
     rows = runs_table("g1-local", run_id, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    stages = [(r["stage"], r["status"]) for r in rows]
-    assert stages == [("distill", "FINISHED"), ("sft", "FINISHED"), ("evaluate", "FINISHED")]
+    stages = sorted((r["stage"], r["status"]) for r in rows)
+    done = [(stage, "FINISHED") for stage in ("distill", "evaluate", "g0", "g1", "sft")]
+    assert stages == done
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    sft_run = client.get_run(rows[1]["run_id"])
+    by_stage = {r["stage"]: r["run_id"] for r in rows}
+    sft_run = client.get_run(by_stage["sft"])
     assert [m.step for m in client.get_metric_history(sft_run.info.run_id, "train.loss")] == [1, 2]
     assert {"heldout.perception_exact", "train.tokens_per_s", "tokens_per_s"} <= set(sft_run.data.metrics)
     assert sft_run.data.tags["g1.input.dataset_uri"] == str(run_dir / "distill")
     assert sft_run.data.tags["g1.model_uri"] == str(model)
     logged = client.get_logged_model(sft_run.data.tags["g1.model_id"])
     assert logged.tags["g1.model_uri"] == str(model) and logged.source_run_id == sft_run.info.run_id
-    evaluate_run = client.get_run(rows[2]["run_id"])
+    g1_run = client.get_run(by_stage["g1"])
+    assert {"train.reward", "train.rewards/game/mean", "train.perception_exact", "train.time/step"} <= set(
+        g1_run.data.metrics
+    )
+    assert g1_run.data.tags["g1.input.model_uri"] == str(model)
+    evaluate_run = client.get_run(by_stage["evaluate"])
     assert evaluate_run.data.tags["g1.input.models.sft"] == str(model)
     assert "2048/sft-tiny/mean" in evaluate_run.data.metrics
     stored = [p for p in (tmp_path / "mlflow-artifacts").rglob("*") if p.is_file()]

@@ -88,14 +88,17 @@ def test_inputs_default_to_the_same_run_and_can_be_pointed_elsewhere(tmp_path):
     data.mkdir()
     (data / "manifest.jsonl").write_text("")
     assert stage_inputs("distill", cfg, "r1", str(tmp_path)) == {}
+    run = tmp_path / "g1-local" / "r1"
     assert stage_inputs("evaluate", cfg, "r1", str(tmp_path)) == {
-        "models": {"sft": str(tmp_path / "g1-local" / "r1" / "sft" / "model")}
+        "models": {stage: str(run / stage / "model") for stage in ("sft", "g0", "g1")}
     }
+    with pytest.raises(FileNotFoundError, match="g1 needs model_uri: no config.json under"):
+        stage_inputs("g1", cfg, "r1", str(tmp_path))  # G1 starts from the sft stage's model
+    assert stage_inputs("g0", cfg, "r1", str(tmp_path)) == {}  # G0 from the base model
     assert stage_inputs("sft", cfg, "r1", str(tmp_path), upstream={"distill": str(data)}) == {
         "dataset_uri": str(data)
     }
-    assert stage_inputs("evaluate", cfg, "r1", upstream={"sft": "s3://b/run/sft", "distill": ""}) == {
-        "models": {"sft": "s3://b/run/sft/model"}
-    }
+    pointed = stage_inputs("evaluate", cfg, "r1", upstream={"sft": "s3://b/run/sft", "distill": ""})
+    assert pointed["models"]["sft"] == "s3://b/run/sft/model"
     with pytest.raises(ValueError, match="unknown upstream stage"):
         stage_inputs("sft", cfg, "r1", upstream={"grpo": "s3://b/x"})

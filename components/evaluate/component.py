@@ -7,13 +7,20 @@ from components.images import image_for
 
 @dsl.component(base_image=image_for("evaluate"))
 def evaluate(
-    config_json: str, pipeline_run_id: str, artifact_root: str = "", sft_uri: str = "", last: bool = True
+    config_json: str,
+    pipeline_run_id: str,
+    artifact_root: str = "",
+    sft_uri: str = "",
+    g0_uri: str = "",
+    g1_uri: str = "",
+    last: bool = True,
 ) -> str:
     """Play every game with every player; returns the URI of the report (results, tables, plots).
 
-    ``sft_uri`` is the sft stage's output, whose model plays as ``kind: hf, model: sft`` (empty: that of
-    the same pipeline run); as an input it also orders this stage after sft. ``last`` marks the
-    pipeline's MLflow parent run finished when this stage succeeds.
+    ``sft_uri``, ``g0_uri`` and ``g1_uri`` are the training stages' outputs, whose models play as
+    ``kind: hf, model: sft | g0 | g1`` (empty: those of the same pipeline run); as inputs they also order
+    this stage after them. ``last`` marks the pipeline's MLflow parent run finished when this stage
+    succeeds.
     """
     import logging
 
@@ -26,5 +33,5 @@ def evaluate(
         pipeline_run_id,
         artifact_root,
         finish_pipeline=last,
-        upstream={"sft": sft_uri},
+        upstream={"sft": sft_uri, "g0": g0_uri, "g1": g1_uri},
     )

@@ -22,16 +22,21 @@ from ..config import PipelineConfig, config_from_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("distill", "sft", "evaluate")
+STAGES = ("distill", "sft", "g0", "g1", "evaluate")
+# Stages that run another stage's code and config section: G0 and G1 are both GRPO (grpo.py, the grpo
+# section), G0 from the base model, G1 from the sft stage's model.
+STAGE_CODE = {"g0": "grpo", "g1": "grpo"}
 # Small outputs copied into MLflow as artifacts; everything else is recorded by reference (its URI).
 REPORT_FILES = {
     "distill": ("stats.json",),
     "sft": ("result.json",),
+    "g0": ("result.json",),
+    "g1": ("result.json",),
     "evaluate": ("report.md", "table.md", "table.csv", "results.json"),
 }
 # Stages that train a model, kept under MODEL_DIR of their output; an evaluation player names one
 # (``kind: hf, model: sft``) to play the model that stage trained in the same pipeline run.
-MODEL_STAGES = ("sft",)
+MODEL_STAGES = ("sft", "g0", "g1")
 MODEL_DIR = "model"
 
 
@@ -49,6 +54,7 @@ class Input:
 # pipeline run; ``run_stage(upstream=...)`` (a KFP input, ``g1 sft --dataset``) points elsewhere.
 STAGE_INPUTS: dict[str, dict[str, Input]] = {
     "sft": {"dataset_uri": Input(("distill",), needs="manifest.jsonl")},
+    "g1": {"model_uri": Input(("sft",), sub=MODEL_DIR, needs="config.json")},
     "evaluate": {"models": Input(MODEL_STAGES, sub=MODEL_DIR, several=True)},
 }
 
@@ -95,7 +101,8 @@ def stage_inputs(
 
 def _section(cfg: PipelineConfig, stage: str) -> dict:
     dumped = cfg.model_dump(mode="json")
-    return {"model": dumped["model"], stage: dumped[stage]}
+    section = STAGE_CODE.get(stage, stage)
+    return {"model": dumped["model"], section: dumped[section]}
 
 
 def run_stage(
@@ -120,7 +127,7 @@ def run_stage(
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     from ..tracking import Tracker, flatten
 
-    module = import_module(f"{__name__}.{stage}")
+    module = import_module(f"{__name__}.{STAGE_CODE.get(stage, stage)}")
     uri = output_uri or stage_uri(cfg, pipeline_run_id, stage, artifact_root)
     tracker = Tracker(cfg.tracking.experiment)
     try:

@@ -1,0 +1,3 @@
+from .component import grpo
+
+__all__ = ["grpo"]
