@@ -23,19 +23,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BenchGame:
-    """Per-game benchmark defaults: the screen (28 px per cell), the time budget, the data set size."""
+    """Per-game benchmark defaults: the time budget and the data set size."""
 
-    screen: int
     minutes: float
     states: int
 
 
 BENCH_GAMES = {
-    "2048": BenchGame(screen=112, minutes=10.0, states=8000),
-    "shisen-sho": BenchGame(screen=168, minutes=20.0, states=8000),
-    "shisen-sho-cifar10": BenchGame(screen=168, minutes=20.0, states=8000),
-    "swap": BenchGame(screen=224, minutes=20.0, states=8000),
+    "2048": BenchGame(minutes=10.0, states=8000),
+    "shisen-sho": BenchGame(minutes=20.0, states=8000),
+    "shisen-sho-cifar10": BenchGame(minutes=20.0, states=8000),
+    "swap": BenchGame(minutes=20.0, states=8000),
 }
+# Qwen2.5-VL merges 2x2 patches of 14 px into one visual token: a 28 px cell is exactly one token
+CELL_PX = 28
+
+
+def bench_screen(spec: GameSpec) -> tuple[int, int]:
+    """The screen (height, width) on which each cell of ``spec``'s board is one merged visual token."""
+    from . import gym
+
+    env = gym.make(spec.game, render_mode=None, **spec.knobs).unwrapped
+    return CELL_PX * env.rows, CELL_PX * env.cols
+
+
 MAX_SAMPLES_PER_S = 200  # well above the tiny model's SFT speed on a CPU (~45 samples/s on 2 cores)
 # Calibrated on the tiny model (2048, 10 min): a constant 1e-3 reads 0.875 of held-out boards exactly at
 # the end; a linear decay from 2e-3 over the same budget found the board later and ended at 0.72.
@@ -53,7 +64,14 @@ BENCH_SFT = {
 
 
 def _protocol(
-    game: str, model, processor, screen: int, runs: int, steps: int, max_new_tokens: int, temperature: float
+    game: str,
+    model,
+    processor,
+    screen: tuple[int, int],
+    runs: int,
+    steps: int,
+    max_new_tokens: int,
+    temperature: float,
 ) -> float:
     """Mean protocol score of the model playing ``runs`` x ``steps`` at ``temperature`` (0 = greedy)."""
     from .gym.protocol import play
@@ -66,15 +84,15 @@ def _protocol(
         max_new_tokens=max_new_tokens,
         batch_size=runs,
     )
-    return play(game, policy, runs, steps, screen_size=(screen, screen), progress=False).mean
+    return play(game, policy, runs, steps, screen_size=screen, progress=False).mean
 
 
-def _random_score(game: str, screen: int, runs: int, steps: int) -> float:
+def _random_score(game: str, screen: tuple[int, int], runs: int, steps: int) -> float:
     """The random policy's protocol score on the same boards: the bar a trained model has to clear."""
     from .gym.policies import RandomPolicy
     from .gym.protocol import play
 
-    return play(game, RandomPolicy(seed=0), runs, steps, screen_size=(screen, screen), progress=False).mean
+    return play(game, RandomPolicy(seed=0), runs, steps, screen_size=screen, progress=False).mean
 
 
 def bench_sft(
@@ -104,6 +122,7 @@ def bench_sft(
         raise ValueError(f"bench sft: unknown game {game!r}; games: {', '.join(BENCH_GAMES)}")
     defaults = BENCH_GAMES[spec.game]
     minutes = defaults.minutes if minutes is None else minutes
+    screen = bench_screen(spec)
     states = states or defaults.states
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="g1-bench-sft-") as tmp:
@@ -112,7 +131,7 @@ def bench_sft(
             None,
             [
                 f"distill.gym.games=['{spec}']",
-                f"distill.gym.screen_size=[{defaults.screen},{defaults.screen}]",
+                f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
                 f"distill.states_per_game={states}",
                 "distill.teacher.kind=oracle",
                 "distill.teacher.skill=1.0",
@@ -140,7 +159,7 @@ def bench_sft(
             model, processor = load_model(model_path, budget=budget)
             answer_tokens = max(len(processor.tokenizer(r["answer"])["input_ids"]) for r in rows)
             return _protocol(
-                str(spec), model, processor, defaults.screen, protocol_runs, protocol_steps,
+                str(spec), model, processor, screen, protocol_runs, protocol_steps,
                 answer_tokens + 16, temperature,
             )  # fmt: skip
 
@@ -151,9 +170,7 @@ def bench_sft(
         trained = str(sft.storage.local_path(result.model_uri))
         score_after, score_after_greedy = score(trained, sampled), score(trained, 0.0)
         score_random = (
-            _random_score(str(spec), defaults.screen, protocol_runs, protocol_steps)
-            if protocol_runs
-            else float("nan")
+            _random_score(str(spec), screen, protocol_runs, protocol_steps) if protocol_runs else float("nan")
         )
     first = result.history[0] if result.history else {}
     curve = [
@@ -168,7 +185,7 @@ def bench_sft(
     ]
     return {
         "game": str(spec),
-        "screen": defaults.screen,
+        "screen": list(screen),
         "perception_exact_before": first.get("heldout.perception_exact", float("nan")),
         "perception_exact_after": result.final.get("heldout.perception_exact", float("nan")),
         "perception_cells_after": result.final.get("heldout.perception_cells", float("nan")),
@@ -227,8 +244,8 @@ def cmd_bench_sft(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    """Add ``bench`` (with ``sft``) to the ``g1`` command's subparsers."""
-    bench = subparsers.add_parser("bench", help="learning benchmarks")
+    """Add ``bench`` (with ``sft`` and ``grpo``) to the ``g1`` command's subparsers."""
+    bench = subparsers.add_parser("bench", help="learning benchmarks (sft, grpo)")
     commands = bench.add_subparsers(dest="bench_command", required=True)
     p = commands.add_parser("sft", help="SFT cold start on CPU: tiny model, oracle data, before/after")
     p.add_argument("--game", default="2048", help=f"one of {', '.join(BENCH_GAMES)} (default 2048)")
@@ -240,3 +257,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--work-dir", default=None, help="keep the data and model here (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_bench_sft)
+    from .bench_grpo import register_cli as register_grpo
+
+    register_grpo(commands)

@@ -1,0 +1,216 @@
+"""The GRPO learning benchmark: does RL raise the game reward of the tiny model, from SFT and from base?
+
+``g1 bench grpo --json [--game G]`` builds the G1 branch at the tiny scale on a CPU: it distils data from
+the oracle teacher at ``skill`` 0.5 (half its moves random), runs the SFT cold start on it (the SFT
+benchmark's settings), then GRPO from that SFT model (G1) and from the base model (G0) for the same time
+budget each, and plays the protocol with the teacher, the base, SFT, G0 and G1 models and the random
+policy. It prints one JSON object: each run's per-step game reward, its mean over the first and the last
+10 % of steps, the time split of a step, and every player's protocol score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .bench_sft import BENCH_SFT, bench_screen
+from .gym.pool import GameSpec
+
+log = logging.getLogger(__name__)
+
+TEACHER_SKILL = 0.5
+BENCH_GRPO = {  # the tiny model on 2 CPU cores; every field can be overridden (grpo_overrides)
+    "states_per_step": 16,
+    "num_generations": 4,
+    "batch_size": 16,
+    "learning_rate": 1e-5,
+    "lr_scheduler": "constant",
+    "steps": 100_000,  # the time budget ends the run
+    "checkpoint_every": 100_000,
+    "log_every": 1,
+}
+
+
+def _edge_mean(series: list[float], first: bool, share: float = 0.1) -> float:
+    """Mean over the first (or last) ``share`` of a series (at least one value)."""
+    if not series:
+        return float("nan")
+    n = max(1, math.ceil(len(series) * share))
+    return float(np.mean(series[:n] if first else series[-n:]))
+
+
+def bench_grpo(
+    game: str = "2048",
+    minutes: float = 30.0,
+    sft_minutes: float | None = None,
+    states: int = 4000,
+    seed: int = 0,
+    protocol_runs: int = 10,
+    protocol_steps: int = 100,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+    grpo_overrides: dict | None = None,
+) -> dict:
+    """Run the benchmark for ``game`` (see the module docstring) and return its figures."""
+    from .config import PolicyConfig, load_config
+    from .models.budget import PixelBudget
+    from .models.loading import load_model
+    from .policies import build_policy, resolve_model
+    from .stages import distill, grpo, sft
+
+    spec = GameSpec.parse(game)
+    screen = bench_screen(spec)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="g1-bench-grpo-") as tmp:
+        root = Path(work_dir) if work_dir else Path(tmp)
+        cfg = load_config(
+            None,
+            [
+                f"distill.gym.games=['{spec}']",
+                f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
+                f"distill.states_per_game={states}",
+                "distill.teacher.kind=oracle",
+                f"distill.teacher.skill={TEACHER_SKILL}",
+                f"distill.seed={seed}",
+                "distill.batch_size=256",
+            ],
+        )
+        data_uri = str(root / "data")
+        distill.run(cfg, data_uri, progress=progress)
+        rows = distill.load_manifest(data_uri)
+
+        from .bench_sft import BENCH_GAMES
+
+        sft_minutes = sft_minutes or BENCH_GAMES[spec.game].minutes
+        sft_settings = {**BENCH_SFT, "seed": seed, "max_train_minutes": sft_minutes, "samples": 10**6}
+        sft_cfg = sft.SftRunConfig(model=cfg.model, sft=sft.SftConfig.model_validate(sft_settings))
+        sft_result = sft.run(sft_cfg, data_uri, str(root / "sft"), progress=progress, work_dir=root / "work")
+        sft_model = str(sft.storage.local_path(sft_result.model_uri))
+
+        pixels = cfg.model.pixels
+        budget = PixelBudget(pixels.min_pixels, pixels.max_pixels)
+        _, processor = load_model(sft_model, budget=budget)
+        answer_tokens = max(len(processor.tokenizer(r["answer"])["input_ids"]) for r in rows)
+        settings = {
+            **BENCH_GRPO,
+            "gym": {"games": [str(spec)], "screen_size": list(screen)},
+            "seed": seed,
+            "max_train_minutes": minutes,
+            "max_new_tokens": answer_tokens + 16,
+            **(grpo_overrides or {}),
+        }
+        grpo_cfg = grpo.GrpoRunConfig(model=cfg.model, grpo=grpo.GrpoConfig.model_validate(settings))
+        runs = {}
+        for branch, start in (("g1", sft_model), ("g0", None)):
+            runs[branch] = grpo.run(
+                grpo_cfg, str(root / branch), start, progress=progress, work_dir=root / "work"
+            )
+
+        def protocol(player: PolicyConfig) -> float:
+            if not protocol_runs:
+                return float("nan")
+            from .gym.protocol import play
+
+            policy = build_policy(player, cfg.model)
+            return play(
+                str(spec), policy, protocol_runs, protocol_steps, screen_size=screen, progress=False
+            ).mean
+
+        def model_player(path: str, name: str) -> PolicyConfig:
+            return PolicyConfig(
+                kind="hf", model=path, name=name, max_new_tokens=answer_tokens + 16, batch_size=16
+            )
+
+        players = {
+            "random": PolicyConfig(kind="random"),
+            "teacher": PolicyConfig(kind="oracle", skill=TEACHER_SKILL),
+            "base": model_player(resolve_model("tiny"), "base"),
+            "sft": model_player(sft_model, "sft"),
+            "g0": model_player(str(sft.storage.local_path(runs["g0"].model_uri)), "g0"),
+            "g1": model_player(str(sft.storage.local_path(runs["g1"].model_uri)), "g1"),
+        }
+        scores = {name: protocol(player) for name, player in players.items()}
+
+    out: dict = {"game": str(spec), "screen": list(screen), "teacher_skill": TEACHER_SKILL}
+    for branch, start in (("g1", "sft"), ("g0", "base")):
+        result = runs[branch]
+        series = [e.get("rewards/game/mean", float("nan")) for e in result.history]
+        prefix = f"{start}_start"
+        out[f"game_reward_first_{prefix}"] = _edge_mean(series, first=True)
+        out[f"game_reward_last_{prefix}"] = _edge_mean(series, first=False)
+        out[f"game_reward_series_{prefix}"] = series
+        out[f"steps_{prefix}"] = result.steps
+        out[f"train_s_{prefix}"] = result.train_seconds
+        split = {
+            k: float(np.mean([e[k] for e in result.history if k in e]))
+            for k in ("time/sampling", "time/generation", "time/scoring", "time/update", "time/step")
+        }
+        split["sampling_and_scoring_share"] = (
+            (split["time/sampling"] + split["time/scoring"]) / split["time/step"] if split["time/step"] else 0
+        )
+        out[f"time_split_{prefix}"] = split
+        out[f"perception_exact_series_{prefix}"] = [e.get("perception_exact") for e in result.history]
+    # the issue's names: the SFT start is the main one
+    out["game_reward_first"] = out["game_reward_first_sft_start"]
+    out["game_reward_last"] = out["game_reward_last_sft_start"]
+    out["score"] = scores
+    out["score_protocol"] = {"runs": protocol_runs, "steps": protocol_steps}
+    out["sft"] = {
+        "steps": sft_result.steps,
+        "perception_exact": sft_result.final.get("heldout.perception_exact"),
+    }
+    out["grpo"] = settings
+    out["wall_s"] = time.perf_counter() - started
+    return out
+
+
+def cmd_bench_grpo(args) -> int:
+    """``g1 bench grpo``: run the RL benchmark; one JSON object with ``--json``, else a summary."""
+    out = bench_grpo(
+        game=args.game,
+        minutes=args.minutes,
+        sft_minutes=args.sft_minutes,
+        seed=args.seed,
+        protocol_runs=args.protocol_runs,
+        protocol_steps=args.protocol_steps,
+        work_dir=args.work_dir,
+        progress=not args.json,
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(out) + "\n")
+        return 0
+    s = out["score"]
+    first, last = out["game_reward_first"], out["game_reward_last"]
+    first0, last0 = out["game_reward_first_base_start"], out["game_reward_last_base_start"]
+    sys.stdout.write(
+        f"{out['game']}: reward: SFT {first:.3f} -> {last:.3f}, base {first0:.3f} -> {last0:.3f}; "
+        + "protocol: "
+        + ", ".join(f"{name} {value:.1f}" for name, value in s.items())
+        + f"\n{out['wall_s']:.0f} s in all\n"
+    )
+    return 0
+
+
+def register_cli(bench) -> None:
+    """Add ``grpo`` to the ``g1 bench`` subcommands."""
+    p = bench.add_parser(
+        "grpo", help="GRPO on CPU: tiny model, G1 (from SFT) and G0 (from base), protocol scores"
+    )
+    p.add_argument("--game", default="2048", help="game or game spec (default 2048)")
+    p.add_argument("--minutes", type=float, default=30.0, help="GRPO wall-time budget per branch")
+    p.add_argument(
+        "--sft-minutes", type=float, default=None, help="SFT budget (default: the SFT benchmark's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the states and the training")
+    p.add_argument("--protocol-runs", type=int, default=10, help="protocol runs (0 skips the scores)")
+    p.add_argument("--protocol-steps", type=int, default=100, help="steps per protocol run")
+    p.add_argument("--work-dir", default=None, help="keep the data and models here (default: a temp dir)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_bench_grpo)
