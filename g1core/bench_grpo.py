@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_sft import BENCH_SFT, bench_screen
+from .bench_sft import BENCH_SFT, MAX_SAMPLES_PER_S, bench_screen
 from .gym.pool import GameSpec
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,11 @@ def bench_grpo(
     work_dir: str | Path | None = None,
     progress: bool = False,
     grpo_overrides: dict | None = None,
+    sft_overrides: dict | None = None,
 ) -> dict:
-    """Run the benchmark for ``game`` (see the module docstring) and return its figures."""
+    """Run the benchmark for ``game`` (see the module docstring) and return its figures.
+
+    ``grpo_overrides`` and ``sft_overrides`` replace fields of the two stages' benchmark settings."""
     from .config import PolicyConfig, load_config
     from .models.budget import PixelBudget
     from .models.loading import load_model
@@ -89,7 +92,9 @@ def bench_grpo(
         from .bench_sft import BENCH_GAMES
 
         sft_minutes = sft_minutes or BENCH_GAMES[spec.game].minutes
-        sft_settings = {**BENCH_SFT, "seed": seed, "max_train_minutes": sft_minutes, "samples": 10**6}
+        samples = max(1000, int(sft_minutes * 60 * MAX_SAMPLES_PER_S))  # more than the time budget can take
+        sft_settings = {**BENCH_SFT, "seed": seed, "max_train_minutes": sft_minutes, "samples": samples}
+        sft_settings.update(sft_overrides or {})
         sft_cfg = sft.SftRunConfig(model=cfg.model, sft=sft.SftConfig.model_validate(sft_settings))
         sft_result = sft.run(sft_cfg, data_uri, str(root / "sft"), progress=progress, work_dir=root / "work")
         sft_model = str(sft.storage.local_path(sft_result.model_uri))

@@ -443,7 +443,8 @@ class SftRun(training.TrainingRun):
         )
         for image_size, prompt in {(tuple(r["image_size"]), r["prompt"]) for r in self.train + self.heldout}:
             preflight(self.processor, image_size, prompt, m.max_prompt_tokens)
-        longest = max(len(self.processor.tokenizer(r["answer"])["input_ids"]) for r in self.train)
+        answers = {r["answer"] for r in self.train}  # the mix repeats rows: each answer tokenized once
+        longest = max(len(self.processor.tokenizer(a)["input_ids"]) for a in answers)
         self.max_new_tokens = self.s.eval_max_new_tokens or longest + 16
         return self.prepare_model(model)
 
