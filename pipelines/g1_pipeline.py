@@ -40,30 +40,24 @@ SETTINGS_CONFIG_MAP = (
 # The g1-data volume (manifests/data: CIFAR-10 for shisen-sho-cifar10) is mounted here in every stage.
 DATA_PVC = ("g1-data", "/data")
 
+# A training pod (SFT, GRPO): one 8-GPU node.
+GPU_TRAINING_NODE = {
+    "cpu": "32",
+    "memory": "256G",
+    "gpus": 8,
+    "accelerator": "nvidia.com/gpu",
+    "node_selector": {"nvidia.com/gpu.present": "true"},
+    "shm": "64Gi",
+    "retries": 3,
+}
 # Per stage: CPU/memory requests, GPUs (accelerator type and count), node selector, /dev/shm size.
 STAGE_RESOURCES = {
     # retries: a restarted distill pod resumes from its shards (same pipeline run id, same output URI)
     "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi", "retries": 3},
     # retries: a killed SFT pod resumes from the checkpoints under its output URI (same run id)
-    "sft": {
-        "cpu": "32",
-        "memory": "256G",
-        "gpus": 8,
-        "accelerator": "nvidia.com/gpu",
-        "node_selector": {"nvidia.com/gpu.present": "true"},
-        "shm": "64Gi",
-        "retries": 3,
-    },
+    "sft": dict(GPU_TRAINING_NODE),
     # retries: a killed GRPO pod resumes from its checkpoints, the state stream where it stopped
-    "grpo": {
-        "cpu": "32",
-        "memory": "256G",
-        "gpus": 8,
-        "accelerator": "nvidia.com/gpu",
-        "node_selector": {"nvidia.com/gpu.present": "true"},
-        "shm": "64Gi",
-        "retries": 3,
-    },
+    "grpo": dict(GPU_TRAINING_NODE),
     "evaluate": {
         "cpu": "8",
         "memory": "64G",

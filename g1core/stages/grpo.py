@@ -95,7 +95,7 @@ class StateStream:
         rows: int,
         seed: int,
         weights: dict[str, float] | None = None,
-        cache_rows: int = 4096,
+        cache_rows: int = 256,
     ):
         self.pool, self.rows, self.seed = pool, int(rows), int(seed)
         self.specs = list(pool.specs)
@@ -443,7 +443,10 @@ class GrpoRun(training.TrainingRun):
         self.pool = EnvPool(g.games, 0, g.screen_size, weights=s.reward_weights, warmup=g.warmup)
         model = self._load_model()
         resume = self.restore_checkpoint()
-        stream = StateStream(self.pool, s.steps * s.states_per_step, s.seed, s.game_weights)
+        # the cache holds a step's states (and the next one's, read ahead): 840x640 screens are ~1.6 MB each
+        stream = StateStream(
+            self.pool, s.steps * s.states_per_step, s.seed, s.game_weights, cache_rows=2 * s.states_per_step
+        )
         scorer = Scorer(stream, list(rewards.REWARDS))
         args = self._training_args()
         self.world = args.world_size
