@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_sft import BENCH_SFT, MAX_SAMPLES_PER_S, bench_screen
+from .bench_sft import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
 from .gym.pool import GameSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def bench_grpo(
     """Run the benchmark for ``game`` (see the module docstring) and return its figures.
 
     ``grpo_overrides`` and ``sft_overrides`` replace fields of the two stages' benchmark settings."""
-    from .config import PolicyConfig, load_config
+    from .config import PolicyConfig
     from .models.budget import PixelBudget
     from .models.loading import load_model
     from .policies import build_policy, resolve_model
@@ -73,23 +73,10 @@ def bench_grpo(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="g1-bench-grpo-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
-        cfg = load_config(
-            None,
-            [
-                f"distill.gym.games=['{spec}']",
-                f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
-                f"distill.states_per_game={states}",
-                "distill.teacher.kind=oracle",
-                f"distill.teacher.skill={TEACHER_SKILL}",
-                f"distill.seed={seed}",
-                "distill.batch_size=256",
-            ],
-        )
+        cfg = bench_config(spec, screen, states, seed, skill=TEACHER_SKILL)
         data_uri = str(root / "data")
         distill.run(cfg, data_uri, progress=progress)
         rows = distill.load_manifest(data_uri)
-
-        from .bench_sft import BENCH_GAMES
 
         sft_minutes = sft_minutes or BENCH_GAMES[spec.game].minutes
         samples = max(1000, int(sft_minutes * 60 * MAX_SAMPLES_PER_S))  # more than the time budget can take

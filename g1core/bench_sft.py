@@ -63,6 +63,24 @@ BENCH_SFT = {
 }
 
 
+def bench_config(spec: GameSpec, screen: tuple[int, int], states: int, seed: int, skill: float):
+    """The pipeline config of a benchmark: ``states`` oracle-teacher states of one game at ``screen``."""
+    from .config import load_config
+
+    return load_config(
+        None,
+        [
+            f"distill.gym.games=['{spec}']",
+            f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
+            f"distill.states_per_game={states}",
+            "distill.teacher.kind=oracle",
+            f"distill.teacher.skill={skill}",
+            f"distill.seed={seed}",
+            "distill.batch_size=256",
+        ],
+    )
+
+
 def _protocol(
     game: str,
     model,
@@ -111,7 +129,7 @@ def bench_sft(
     ``minutes`` and ``states`` default per game (``BENCH_GAMES``); ``protocol_runs=0`` skips the protocol
     scores. ``sft_overrides`` replaces fields of the benchmark's SFT settings (``BENCH_SFT``).
     """
-    from .config import PolicyConfig, load_config
+    from .config import PolicyConfig
     from .models.budget import PixelBudget
     from .models.loading import load_model
     from .policies import resolve_model
@@ -127,18 +145,7 @@ def bench_sft(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="g1-bench-sft-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
-        cfg = load_config(
-            None,
-            [
-                f"distill.gym.games=['{spec}']",
-                f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
-                f"distill.states_per_game={states}",
-                "distill.teacher.kind=oracle",
-                "distill.teacher.skill=1.0",
-                f"distill.seed={seed}",
-                "distill.batch_size=256",
-            ],
-        )
+        cfg = bench_config(spec, screen, states, seed, skill=1.0)
         data_uri = str(root / "data")
         t0 = time.perf_counter()
         distilled = distill.run(cfg, data_uri, progress=progress)
