@@ -35,9 +35,10 @@ def test_report_tables_and_plots(tmp_path):
     assert float(table[3]["mean"]) == 100.0  # the oracle always swaps legally
     report = storage.read_bytes(storage.join(out, "report.md")).decode()
     assert "| swap | oracle | 100.0 ± 0.0 |" in report and "Claude-3.7-Sonnet-Thinking" in report
-    for game in ("2048", "swap"):
-        png = storage.read_bytes(storage.join(out, f"plot-{game}.png"))
+    for name in ("2048", "swap", "comparison"):  # a chart per game, and every game in one (Figure 1)
+        png = storage.read_bytes(storage.join(out, f"plot-{name}.png"))
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![every game](plot-comparison.png)" in report
     metrics = evaluate.metrics(result)
     assert metrics["swap/oracle/mean"] == 100.0 and metrics["2048/random/format_rate"] == 0.0
 

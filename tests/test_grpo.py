@@ -72,13 +72,23 @@ def test_scorer_scores_each_answer_from_its_own_state():
         for r, x in zip(rows, replies, strict=True)
     ]
     assert g == expected and g[1] == -1.0  # an unreadable move counts as illegal
-    m = scorer.metrics()
+    m = grpo.Scorer.metrics(scorer.tallies())
     assert m["perception_exact"] == pytest.approx(4 / 6)
     assert m["unparseable_rate"] == pytest.approx(2 / 6)
     assert m["reasoning_accuracy"] == pytest.approx(np.mean([x > 0 for x in (g[0], g[2], g[3], g[4])]))
     assert set(k for k in m if k.startswith("game_reward/")) == {
         f"game_reward/{s.game}" for s in map(stream.spec, range(4))
     }
+    # a two-process run: each rank scores half the batch; their tallies added up give the whole batch's
+    whole = scorer.tallies()
+    halves = []
+    for part in (slice(0, 4), slice(4, 6)):
+        scorer.score(rows[part], completions[part])
+        halves.append(scorer.tallies())
+    assert set(halves[0]) == set(halves[1]) == set(whole)  # every game keyed on every rank
+    added = {k: tuple(map(sum, zip(halves[0][k], halves[1][k], strict=True))) for k in whole}
+    assert grpo.Scorer.metrics(added) == pytest.approx(m, nan_ok=True)
+    assert grpo.Scorer.metrics(halves[1]) != pytest.approx(m, nan_ok=True)
 
 
 def test_presets_and_overrides():

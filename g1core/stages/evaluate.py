@@ -5,7 +5,8 @@ Players are configs (``evaluate.policies``); an ``hf`` player whose ``model`` na
 base model, the trained ones and the teacher.
 
 Writes to one URI: ``results.json`` (every run's score and the answer-quality rates), ``table.md`` and
-``table.csv``, one bar chart per game (``plot-<game>.png``) and ``report.md`` that puts our numbers beside
+``table.csv``, one bar chart per game (``plot-<game>.png``), all games in one figure
+(``plot-comparison.png``, the paper's Figure 1 for this run) and ``report.md`` that puts our numbers beside
 the paper's.
 """
 
@@ -39,6 +40,9 @@ PAPER_SCORES: dict[str, dict[str, float]] = {
     "Qwen2.5-VL-7B (base)": {"2048": 246, "shisen-sho": 1.9, "shisen-sho-cifar10": 0.4, "swap": 2},
     "Random": {"2048": 701, "shisen-sho": 0.4, "shisen-sho-cifar10": 0.4, "swap": 1},
 }
+
+# The paper's Figure 1 for this run: every player on every game (beside one bar chart per game)
+COMPARISON_PLOT = "plot-comparison.png"
 
 COLUMNS = (
     "game",
@@ -112,6 +116,39 @@ def plot_game(game: str, rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def plot_comparison(rows: list[dict]) -> bytes:
+    """Every player on every game in one figure, a panel per game and a colour per player, as the
+    paper's Figure 1 compares G1 with its teacher and the other models (PNG bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    games = list(dict.fromkeys(r["game"] for r in rows))
+    players = list(dict.fromkeys(r["policy"] for r in rows))
+    colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(players)}
+    fig, axes = plt.subplots(
+        1, len(games), figsize=(max(4.0, 0.5 * len(players) + 1.5) * len(games), 3.8), dpi=100, squeeze=False
+    )
+    for ax, game in zip(axes[0], games, strict=True):
+        here = [r for r in rows if r["game"] == game]
+        ax.bar(
+            range(len(here)),
+            [r["mean"] for r in here],
+            yerr=[r["std"] for r in here],
+            capsize=3,
+            color=[colours[r["policy"]] for r in here],
+        )
+        ax.set_xticks(range(len(here)), [r["policy"] for r in here], rotation=30, ha="right")
+        ax.set_title(game)
+    axes[0][0].set_ylabel("protocol score")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def usage_lines(usage: dict[str, dict[str, float]]) -> str:
     """A line per player that spent requests or generated tokens; failed requests are flagged."""
     lines = []
@@ -141,7 +178,7 @@ def report(rows: list[dict], cfg: PipelineConfig, usage: dict[str, dict[str, flo
         f"# g1 evaluation\n\nProtocol: {e.runs} runs x {e.steps} steps per game from fresh boards "
         f"(seeds {e.seed}..{e.seed + e.runs - 1}). 2048: sum of merge rewards; Shisen-Sho: pairs removed; "
         "Swap: legal swaps per 100 steps.\n\n## Our players\n\n"
-        f"{markdown_table(rows)}\n\n{plots}\n\n"
+        f"{markdown_table(rows)}\n\n![every game]({COMPARISON_PLOT})\n\n{plots}\n\n"
         + (f"## What the players used\n\n{usage_lines(usage)}\n\n" if usage and usage_lines(usage) else "")
         + "## The paper (for reference, Qwen2.5-VL-7B scale)\n\n"
         + "\n".join(paper)
@@ -233,6 +270,7 @@ def write_outputs(result: EvaluateResult, cfg: PipelineConfig) -> None:
         storage.write_bytes(
             storage.join(uri, f"plot-{name}.png"), plot_game(game, [r for r in rows if r["game"] == game])
         )
+    storage.write_bytes(storage.join(uri, COMPARISON_PLOT), plot_comparison(rows))
     storage.write_bytes(storage.join(uri, "report.md"), report(rows, cfg, result.usage).encode())
 
 

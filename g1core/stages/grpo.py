@@ -225,22 +225,34 @@ class Scorer:
 
         return [make(name) for name in self.names]
 
-    def metrics(self) -> dict[str, float]:
-        """The last scored batch: P_acc, R_acc, unparseable and illegal rates, game reward per game."""
-        if not self.scores:
-            return {}
-        pairs = zip(self.texts, self.truths, strict=True)
-        exact = np.array([answer.perception_exact(text, truth) for text, truth in pairs])
-        game = np.array([s.parts["game"] for s in self.scores])
+    def tallies(self) -> dict[str, tuple[float, float]]:
+        """The last scored batch as (sum, count) per metric, every game of the stream keyed even when the
+        batch had none of it, so that the processes of a multi-process run hold the same keys to add up."""
+        exact = np.array([answer.perception_exact(t, truth) for t, truth in zip(self.texts, self.truths)])
+        game = np.array([s.parts["game"] for s in self.scores], dtype=float)
+        n = float(len(self.scores))
         out = {
-            "perception_exact": float(exact.mean()),
-            "reasoning_accuracy": float((game[exact] > 0).mean()) if exact.any() else float("nan"),
-            "unparseable_rate": float(np.mean([not s.parsed for s in self.scores])),
-            "illegal_rate": float(np.mean([s.parsed and not s.legal for s in self.scores])),
+            "perception_exact": (float(exact.sum()), n),
+            "reasoning_accuracy": (float((game[exact] > 0).sum()) if n else 0.0, float(exact.sum())),
+            "unparseable_rate": (float(sum(not s.parsed for s in self.scores)), n),
+            "illegal_rate": (float(sum(s.parsed and not s.legal for s in self.scores)), n),
         }
-        for name in sorted(set(self.games)):
-            mask = np.array([g == name for g in self.games])
-            out[f"game_reward/{name}"] = float(game[mask].mean())
+        for name in sorted({spec.game for spec in self.stream.specs}):
+            mask = np.array([g == name for g in self.games], dtype=bool)
+            out[f"game_reward/{name}"] = (float(game[mask].sum()) if mask.any() else 0.0, float(mask.sum()))
+        return out
+
+    @staticmethod
+    def metrics(tallies: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """Tallies (of one process, or added up over all) -> P_acc, R_acc, the unparseable and illegal
+        rates and the game reward per game; R_acc is NaN when no answer read the board exactly, a game
+        with no answer in the batch is left out."""
+        out = {}
+        for name, (total, count) in tallies.items():
+            if count:
+                out[name] = total / count
+            elif name == "reasoning_accuracy":
+                out[name] = float("nan")
         return out
 
 
@@ -269,9 +281,20 @@ def _trainer_class():
             out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             self._split["scoring"] += time.perf_counter() - t0
             mode = "train" if self.model.training else "eval"
-            for name, value in self.scorer.metrics().items():
+            for name, value in self._gathered_metrics().items():
                 self._metrics[mode][name].append(value)
             return out
+
+        def _gathered_metrics(self) -> dict[str, float]:
+            """Our answer metrics over the whole batch: each process's tallies added up (TRL gathers its
+            own reward metrics the same way), so a multi-GPU run logs all answers, not rank 0's share."""
+            import torch
+
+            tallies = self.scorer.tallies()
+            names = sorted(tallies)
+            local = torch.tensor([tallies[k] for k in names], dtype=torch.float32, device=self.accelerator.device)
+            total = self.accelerator.reduce(local, reduction="sum").cpu().tolist()
+            return Scorer.metrics({k: (float(s), float(c)) for k, (s, c) in zip(names, total, strict=True)})
 
         def training_step(self, model, inputs, num_items_in_batch):
             if self._mark is None:  # the first step began when its states started to be read
