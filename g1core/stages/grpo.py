@@ -228,7 +228,8 @@ class Scorer:
     def tallies(self) -> dict[str, tuple[float, float]]:
         """The last scored batch as (sum, count) per metric, every game of the stream keyed even when the
         batch had none of it, so that the processes of a multi-process run hold the same keys to add up."""
-        exact = np.array([answer.perception_exact(t, truth) for t, truth in zip(self.texts, self.truths)])
+        pairs = zip(self.texts, self.truths, strict=True)
+        exact = np.array([answer.perception_exact(text, truth) for text, truth in pairs], dtype=bool)
         game = np.array([s.parts["game"] for s in self.scores], dtype=float)
         n = float(len(self.scores))
         out = {
@@ -292,7 +293,8 @@ def _trainer_class():
 
             tallies = self.scorer.tallies()
             names = sorted(tallies)
-            local = torch.tensor([tallies[k] for k in names], dtype=torch.float32, device=self.accelerator.device)
+            device = self.accelerator.device
+            local = torch.tensor([tallies[k] for k in names], dtype=torch.float32, device=device)
             total = self.accelerator.reduce(local, reduction="sum").cpu().tolist()
             return Scorer.metrics({k: (float(s), float(c)) for k, (s, c) in zip(names, total, strict=True)})
 
