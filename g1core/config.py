@@ -258,6 +258,15 @@ class LoraSettings(Section):
 DEEPSPEED_PRESETS = ("zero2", "zero3")  # configs/deepspeed/<name>.json
 
 
+def check_game_weights(weights: dict[str, float]) -> None:
+    """A training stage's per-game shares: none negative, and not all zero (empty = every game equally)."""
+    bad = {g: w for g, w in weights.items() if w < 0}
+    if bad:
+        raise ValueError(f"game_weights must be >= 0, got {bad}")
+    if weights and not any(weights.values()):
+        raise ValueError("game_weights: at least one weight must be > 0")
+
+
 class TrainingSettings(Section):
     """What every training stage (SFT, GRPO) sets the same way: optimisation, precision, scale-out, time
     limit, checkpoints. Each stage's section adds its own data and recipe fields."""
@@ -368,11 +377,7 @@ class SftConfig(TrainingSettings):
 
     @model_validator(mode="after")
     def _weights(self):
-        bad = {g: w for g, w in self.game_weights.items() if w < 0}
-        if bad:
-            raise ValueError(f"game_weights must be >= 0, got {bad}")
-        if self.game_weights and not any(self.game_weights.values()):
-            raise ValueError("game_weights: at least one weight must be > 0")
+        check_game_weights(self.game_weights)
         return self
 
 
@@ -458,11 +463,7 @@ class GrpoConfig(TrainingSettings):
         from .gym import rewards
 
         rewards.check_weights(self.reward_weights)
-        bad = {g: w for g, w in self.game_weights.items() if w < 0}
-        if bad:
-            raise ValueError(f"game_weights must be >= 0, got {bad}")
-        if self.game_weights and not any(self.game_weights.values()):
-            raise ValueError("game_weights: at least one weight must be > 0")
+        check_game_weights(self.game_weights)
         answers = self.states_per_step * self.num_generations
         if answers % self.batch_size:
             raise ValueError(
