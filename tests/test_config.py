@@ -73,3 +73,12 @@ def test_bad_files(tmp_path):
 def test_json_round_trip():
     cfg = load_config("g1-paper")
     assert config_from_json(config_to_json(cfg)) == cfg
+
+
+def test_training_sections_reject_negative_or_all_zero_game_weights():
+    for section in ("sft", "grpo"):
+        with pytest.raises(ConfigError, match="must be >= 0"):
+            load_config(None, [f"{section}.game_weights={{'2048': -1}}"])
+        with pytest.raises(ConfigError, match="at least one weight"):
+            load_config(None, [f"{section}.game_weights={{'2048': 0}}"])
+    assert load_config(None, ["sft.game_weights={'2048': 0, 'swap': 1}"]).sft.game_weights["swap"] == 1
