@@ -75,7 +75,7 @@ def bench_grpo(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="g1-bench-grpo-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
-        cfg = bench_config(spec, screen, states, seed, skill=TEACHER_SKILL)
+        cfg = bench_config([spec], screen, states, seed, skill=TEACHER_SKILL)
         data_uri = str(root / "data")
         distill.run(cfg, data_uri, progress=progress)
         rows = distill.load_manifest(data_uri)

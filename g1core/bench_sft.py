@@ -63,22 +63,30 @@ BENCH_SFT = {
 }
 
 
-def bench_config(spec: GameSpec, screen: tuple[int, int], states: int, seed: int, skill: float):
-    """The pipeline config of a benchmark: ``states`` oracle-teacher states of one game at ``screen``."""
+def bench_config(
+    specs: list[GameSpec],
+    screen: tuple[int, int],
+    states: int,
+    seed: int,
+    skill: float,
+    warmup: int | None = None,
+):
+    """The pipeline config of a benchmark: ``states`` oracle-teacher states of each game at ``screen``,
+    reached by ``warmup`` random moves from a fresh board (None: the pool's default per game)."""
     from .config import load_config
 
-    return load_config(
-        None,
-        [
-            f"distill.gym.games=['{spec}']",
-            f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
-            f"distill.states_per_game={states}",
-            "distill.teacher.kind=oracle",
-            f"distill.teacher.skill={skill}",
-            f"distill.seed={seed}",
-            "distill.batch_size=256",
-        ],
-    )
+    overrides = [
+        f"distill.gym.games={[str(s) for s in specs]!r}",
+        f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
+        f"distill.states_per_game={states}",
+        "distill.teacher.kind=oracle",
+        f"distill.teacher.skill={skill}",
+        f"distill.seed={seed}",
+        "distill.batch_size=256",
+    ]
+    if warmup is not None:
+        overrides.append(f"distill.gym.warmup={ {s.game: int(warmup) for s in specs}!r}")
+    return load_config(None, overrides)
 
 
 def _protocol(
@@ -123,11 +131,16 @@ def bench_sft(
     work_dir: str | Path | None = None,
     progress: bool = False,
     sft_overrides: dict | None = None,
+    mix: list[str] | None = None,
+    warmup: int | None = None,
 ) -> dict:
     """Run the benchmark for ``game`` and return its figures (see the module docstring).
 
     ``minutes`` and ``states`` default per game (``BENCH_GAMES``); ``protocol_runs=0`` skips the protocol
-    scores. ``sft_overrides`` replaces fields of the benchmark's SFT settings (``BENCH_SFT``).
+    scores. ``sft_overrides`` replaces fields of the benchmark's SFT settings (``BENCH_SFT``). ``mix``
+    adds games trained alongside ``game`` (as many states each, equal shares, on ``game``'s screen);
+    the perception figures are ``game``'s own, with every game's in ``by_game``. ``warmup`` sets the random
+    moves that lead to each sampled state (default: the pool's per game; 0 = fresh boards).
     """
     from .config import PolicyConfig
     from .models.budget import PixelBudget
@@ -136,8 +149,12 @@ def bench_sft(
     from .stages import distill, sft
 
     spec = GameSpec.parse(game)
-    if spec.game not in BENCH_GAMES:
-        raise ValueError(f"bench sft: unknown game {game!r}; games: {', '.join(BENCH_GAMES)}")
+    specs = [spec, *(GameSpec.parse(g) for g in mix or ())]
+    for s in specs:
+        if s.game not in BENCH_GAMES:
+            raise ValueError(f"bench sft: unknown game {str(s)!r}; games: {', '.join(BENCH_GAMES)}")
+    if len({s.game for s in specs}) < len(specs):
+        raise ValueError(f"bench sft: each game once in a mix (held-out figures are per game): {specs}")
     defaults = BENCH_GAMES[spec.game]
     minutes = defaults.minutes if minutes is None else minutes
     screen = bench_screen(spec)
@@ -145,7 +162,7 @@ def bench_sft(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="g1-bench-sft-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
-        cfg = bench_config(spec, screen, states, seed, skill=1.0)
+        cfg = bench_config(specs, screen, states, seed, skill=1.0, warmup=warmup)
         data_uri = str(root / "data")
         t0 = time.perf_counter()
         distilled = distill.run(cfg, data_uri, progress=progress)
@@ -180,24 +197,32 @@ def bench_sft(
             _random_score(str(spec), screen, protocol_runs, protocol_steps) if protocol_runs else float("nan")
         )
     first = result.history[0] if result.history else {}
+    nan = float("nan")
+
+    def held(entry: dict, name: str, of: str = spec.game) -> float:
+        """A held-out figure of one game (the SFT stage logs each game's beside the overall one)."""
+        return entry.get(f"heldout.{of}.{name}", nan)
+
+    figures = ("perception_exact", "perception_cells", "format_rate")
     curve = [
         {
             "step": e["step"],
             "samples_seen": e["samples_seen"],
-            "perception_exact": e["heldout.perception_exact"],
-            "perception_cells": e["heldout.perception_cells"],
-            "format_rate": e["heldout.format_rate"],
+            **{name: held(e, name) for name in figures},
+            **({"by_game": {s.game: {n: held(e, n, s.game) for n in figures} for s in specs}} if mix else {}),
         }
         for e in result.history
     ]
     return {
         "game": str(spec),
+        "mix": [str(s) for s in specs[1:]],
         "screen": list(screen),
-        "perception_exact_before": first.get("heldout.perception_exact", float("nan")),
-        "perception_exact_after": result.final.get("heldout.perception_exact", float("nan")),
-        "perception_cells_after": result.final.get("heldout.perception_cells", float("nan")),
-        "format_rate_before": first.get("heldout.format_rate", float("nan")),
-        "format_rate_after": result.final.get("heldout.format_rate", float("nan")),
+        "perception_exact_before": held(first, "perception_exact"),
+        "perception_exact_after": held(result.final, "perception_exact"),
+        "perception_cells_after": held(result.final, "perception_cells"),
+        "format_rate_before": held(first, "format_rate"),
+        "format_rate_after": held(result.final, "format_rate"),
+        "by_game": {s.game: {n: held(result.final, n, s.game) for n in figures} for s in specs},
         "score_before": score_before,
         "score_after": score_after,
         "score_after_greedy": score_after_greedy,
@@ -230,6 +255,8 @@ def cmd_bench_sft(args) -> int:
         protocol_steps=args.protocol_steps,
         work_dir=args.work_dir,
         progress=not args.json,
+        mix=args.mix,
+        warmup=args.warmup,
     )
     if args.json:
         sys.stdout.write(json.dumps(out) + "\n")
@@ -262,6 +289,16 @@ def register_cli(subparsers) -> None:
     p.add_argument("--protocol-runs", type=int, default=10, help="protocol runs (0 skips the scores)")
     p.add_argument("--protocol-steps", type=int, default=100, help="steps per protocol run")
     p.add_argument("--work-dir", default=None, help="keep the data and model here (default: a temp dir)")
+    p.add_argument(
+        "--mix",
+        action="append",
+        default=[],
+        metavar="GAME",
+        help="another game to train alongside, on --game's screen (repeatable); figures stay --game's",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=None, help="random moves before each sampled state (0 = fresh boards)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_bench_sft)
     from .bench_grpo import register_cli as register_grpo

@@ -176,6 +176,29 @@ def test_bench_cli_parses():
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "sft", "--json", "--game", "swap", "--minutes", "0.5"])
     assert args.game == "swap" and args.json and args.minutes == 0.5 and callable(args.fn)
+    assert args.mix == [] and args.warmup is None
+    args = parser.parse_args(["bench", "sft", "--game", "swap:size=4", "--mix", "2048", "--warmup", "0"])
+    assert args.mix == ["2048"] and args.warmup == 0
+
+
+def test_bench_sft_mix_reports_the_main_game_and_each_game(tmp_path):
+    """A mix trains both games on the main game's screen; warm-up 0 distils fresh boards."""
+    from g1core.bench_sft import bench_sft
+
+    quick = {"heldout_per_game": 2, "eval_max_new_tokens": 8, "eval_every": 0}
+    out = bench_sft(
+        "swap:size=4", minutes=0.05, states=12, protocol_runs=0, work_dir=tmp_path,
+        sft_overrides=quick, mix=["2048"], warmup=0,
+    )  # fmt: skip
+    assert out["game"] == "swap:size=4" and out["mix"] == ["2048"] and out["screen"] == [112, 112]
+    assert set(out["by_game"]) == {"swap", "2048"}
+    assert out["perception_exact_after"] == out["by_game"]["swap"]["perception_exact"]
+    assert set(out["curve"][-1]["by_game"]) == {"swap", "2048"}
+    rows = distill.load_manifest(str(tmp_path / "data"))
+    boards = [r["text_observation"] for r in rows if r["game"] == "2048"]
+    assert len(boards) == 12 and all(b.count("-") == 14 for b in boards)  # two tiles: fresh boards
+    with pytest.raises(ValueError, match="each game once"):
+        bench_sft("2048", mix=["2048:size=5"], protocol_runs=0)
 
 
 def test_answer_window_loss_matches_trl_and_its_gradients(dataset, tmp_path):
