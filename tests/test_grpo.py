@@ -184,3 +184,4 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
     split = out["time_split_sft_start"]
     assert 0 <= split["sampling_and_scoring_share"] <= 1 and split["time/step"] > 0
     assert out["wall_s"] > 0 and out["teacher_skill"] == 0.5
+    assert -1 <= out["game_reward_random"] <= out["game_reward_teacher"] <= 1  # the oracle half merges
