@@ -56,11 +56,10 @@ def _edge_mean(series: list[float], first: bool, share: float = 0.1) -> float:
 def stream_game_reward(grpo_cfg, policy, states: int = 512) -> float:
     """Mean game reward of a model-free policy's moves on the first ``states`` rows of the GRPO run's own
     state stream: the teacher's (and the random policy's) number in the trained model's own measure."""
-    from .gym.pool import EnvPool
-    from .stages.grpo import StateStream
+    from .stages.grpo import StateStream, training_pool
 
-    s, g = grpo_cfg.grpo, grpo_cfg.grpo.gym
-    pool = EnvPool(g.games, 0, g.screen_size, weights=s.reward_weights, warmup=g.warmup)
+    s = grpo_cfg.grpo
+    pool = training_pool(s)
     stream = StateStream(pool, states, s.seed, s.game_weights)
     rewards = []
     for row in range(states):

@@ -165,6 +165,13 @@ class StateStream:
         return seconds
 
 
+def training_pool(settings: GrpoConfig) -> EnvPool:
+    """The pool a GRPO section's states are sampled and its answers scored with (its games, screens,
+    warm-up and reward weights)."""
+    g = settings.gym
+    return EnvPool(g.games, 0, g.screen_size, weights=settings.reward_weights, warmup=g.warmup)
+
+
 def _spec_weight(weights: dict[str, float], spec: GameSpec) -> float:
     if not weights:
         return 1.0
@@ -464,8 +471,7 @@ class GrpoRun(training.TrainingRun):
     def _train(self) -> GrpoResult:
         self.setup_process()
         s = self.s
-        g = s.gym
-        self.pool = EnvPool(g.games, 0, g.screen_size, weights=s.reward_weights, warmup=g.warmup)
+        self.pool = training_pool(s)
         model = self._load_model()
         resume = self.restore_checkpoint()
         # the cache holds a step's states (and the next one's, read ahead): 840x640 screens are ~1.6 MB each
