@@ -204,12 +204,16 @@ def bench_sft(
         return entry.get(f"heldout.{of}.{name}", nan)
 
     figures = ("perception_exact", "perception_cells", "format_rate")
+
+    def by_game(entry: dict) -> dict:
+        return {s.game: {name: held(entry, name, s.game) for name in figures} for s in specs}
+
     curve = [
         {
             "step": e["step"],
             "samples_seen": e["samples_seen"],
             **{name: held(e, name) for name in figures},
-            **({"by_game": {s.game: {n: held(e, n, s.game) for n in figures} for s in specs}} if mix else {}),
+            **({"by_game": by_game(e)} if mix else {}),
         }
         for e in result.history
     ]
@@ -222,7 +226,7 @@ def bench_sft(
         "perception_cells_after": held(result.final, "perception_cells"),
         "format_rate_before": held(first, "format_rate"),
         "format_rate_after": held(result.final, "format_rate"),
-        "by_game": {s.game: {n: held(result.final, n, s.game) for n in figures} for s in specs},
+        "by_game": by_game(result.final),
         "score_before": score_before,
         "score_after": score_after,
         "score_after_greedy": score_after_greedy,
