@@ -44,6 +44,9 @@ BENCH_GRPO = {  # the tiny model on 2 CPU cores; every field can be overridden (
     "checkpoint_every": 100_000,
     "log_every": 1,
 }
+# The paper plays 10 runs; on the 2x2 board one run's score has a spread of ~25 points, so 10 runs leave a
+# standard error of ~8, as large as the gaps between the players. 100 runs bring it to ~2.5.
+PROTOCOL_RUNS = 100
 
 
 def _edge_mean(series: list[float], first: bool, share: float = 0.1) -> float:
@@ -78,7 +81,7 @@ def bench_grpo(
     sft_minutes: float | None = None,
     states: int = 4000,
     seed: int = 0,
-    protocol_runs: int = 10,
+    protocol_runs: int = PROTOCOL_RUNS,
     protocol_steps: int = 100,
     work_dir: str | Path | None = None,
     progress: bool = False,
@@ -131,15 +134,15 @@ def bench_grpo(
                 grpo_cfg, str(root / branch), start, progress=progress, work_dir=root / "work"
             )
 
-        def protocol(player: PolicyConfig) -> float:
+        def protocol(player: PolicyConfig) -> tuple[float, float]:
+            """The player's protocol score: mean and standard error over the runs."""
             if not protocol_runs:
-                return float("nan")
+                return float("nan"), float("nan")
             from .gym.protocol import play
 
             policy = build_policy(player, cfg.model)
-            return play(
-                str(spec), policy, protocol_runs, protocol_steps, screen_size=screen, progress=False
-            ).mean
+            result = play(str(spec), policy, protocol_runs, protocol_steps, screen_size=screen, progress=False)
+            return result.mean, result.std / math.sqrt(protocol_runs)
 
         def model_player(path: str, name: str) -> PolicyConfig:
             return PolicyConfig(
@@ -154,7 +157,7 @@ def bench_grpo(
             "g0": model_player(str(sft.storage.local_path(runs["g0"].model_uri)), "g0"),
             "g1": model_player(str(sft.storage.local_path(runs["g1"].model_uri)), "g1"),
         }
-        scores = {name: protocol(player) for name, player in players.items()}
+        played = {name: protocol(player) for name, player in players.items()}
         from .gym.policies import OraclePolicy, RandomPolicy
 
         stream_reward = {
@@ -184,7 +187,8 @@ def bench_grpo(
     # the issue's names: the SFT start is the main one
     out["game_reward_first"] = out["game_reward_first_sft_start"]
     out["game_reward_last"] = out["game_reward_last_sft_start"]
-    out["score"] = scores
+    out["score"] = {name: mean for name, (mean, _) in played.items()}
+    out["score_se"] = {name: se for name, (_, se) in played.items()}
     # the same measure as the series: one move's game reward on the run's own states
     out["game_reward_teacher"] = stream_reward["teacher"]
     out["game_reward_random"] = stream_reward["random"]
@@ -198,8 +202,27 @@ def bench_grpo(
     return out
 
 
+def reward_weights_arg(items: list[str] | None) -> dict | None:
+    """``--reward NAME=W`` items on top of the stage's default weights (None when there are none)."""
+    if not items:
+        return None
+    from .gym import rewards
+
+    weights = dict(rewards.PAPER_WEIGHTS)
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--reward takes NAME=WEIGHT, got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--reward takes NAME=WEIGHT, got {item!r}")
+    return rewards.check_weights(weights)
+
+
 def cmd_bench_grpo(args) -> int:
     """``g1 bench grpo``: run the RL benchmark; one JSON object with ``--json``, else a summary."""
+    weights = reward_weights_arg(args.reward)
     out = bench_grpo(
         game=args.game,
         minutes=args.minutes,
@@ -209,17 +232,18 @@ def cmd_bench_grpo(args) -> int:
         protocol_steps=args.protocol_steps,
         work_dir=args.work_dir,
         progress=not args.json,
+        grpo_overrides={"reward_weights": weights} if weights else None,
     )
     if args.json:
         sys.stdout.write(json.dumps(out) + "\n")
         return 0
-    s = out["score"]
+    s, se = out["score"], out["score_se"]
     first, last = out["game_reward_first"], out["game_reward_last"]
     first0, last0 = out["game_reward_first_base_start"], out["game_reward_last_base_start"]
     sys.stdout.write(
         f"{out['game']}: reward: SFT {first:.3f} -> {last:.3f}, base {first0:.3f} -> {last0:.3f}; "
         + "protocol: "
-        + ", ".join(f"{name} {value:.1f}" for name, value in s.items())
+        + ", ".join(f"{name} {value:.1f} +- {se[name]:.1f}" for name, value in s.items())
         + f"\n{out['wall_s']:.0f} s in all\n"
     )
     return 0
@@ -236,7 +260,18 @@ def register_cli(bench) -> None:
         "--sft-minutes", type=float, default=None, help="SFT budget (default: the SFT benchmark's)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the states and the training")
-    p.add_argument("--protocol-runs", type=int, default=10, help="protocol runs (0 skips the scores)")
+    p.add_argument(
+        "--reward",
+        action="append",
+        metavar="NAME=WEIGHT",
+        help="a GRPO reward weight over the paper's (repeatable), e.g. --reward survival=2",
+    )
+    p.add_argument(
+        "--protocol-runs",
+        type=int,
+        default=PROTOCOL_RUNS,
+        help=f"protocol runs per player (default {PROTOCOL_RUNS}; 0 skips the scores)",
+    )
     p.add_argument("--protocol-steps", type=int, default=100, help="steps per protocol run")
     p.add_argument("--work-dir", default=None, help="keep the data and models here (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

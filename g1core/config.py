@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import G1Error
-from .gym import GAMES, game_class
+from .gym import GAMES, game_class, rewards
 from .gym.pool import GameSpec
 
 # Presets: configs/ in the repo; the stage images copy them and point G1_CONFIG_DIR there.
@@ -405,8 +405,9 @@ class GrpoConfig(TrainingSettings):
         default={}, description="Share of each game (by spec or game name) in every step; empty = equal."
     )
     reward_weights: dict[str, float] = Field(
-        default={"game": 1.0, "format": 1.0, "perception": 0.0},
-        description="Weight of each reward component in the total (paper: game 1, format 1, perception 0).",
+        default_factory=lambda: dict(rewards.PAPER_WEIGHTS),
+        description="Weight of each reward component in the total (paper: game 1, format 1, perception 0; "
+        "survival, -1 for a move that loses the game, is ours and off by default).",
     )
     # ---- the RL recipe ----
     preset: Literal["paper", "dapo", "dr-grpo"] = Field(
@@ -460,8 +461,6 @@ class GrpoConfig(TrainingSettings):
 
     @model_validator(mode="after")
     def _check(self):
-        from .gym import rewards
-
         rewards.check_weights(self.reward_weights)
         check_game_weights(self.game_weights)
         answers = self.states_per_step * self.num_generations

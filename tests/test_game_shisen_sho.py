@@ -84,7 +84,13 @@ def test_legal_move_removes_both_and_scores_one():
     assert (out.raw_reward, out.reward, out.legal, out.terminated) == (1, 1.0, True, False)
     assert env.board[0, 0] == 0 and env.board[0, 1] == 0
     out = env.apply((1, 0, 1, 1))
-    assert out.terminated and not env.board.any()
+    assert out.terminated and not env.board.any() and not out.lost  # a cleared board is won
+
+
+def test_a_move_that_leaves_tiles_but_no_pair_loses_the_game():
+    env = env_with([[B, B, 0, 0], [0, R, G, 0], [0, G, R, 0], [0, 0, 0, 0]])
+    out = env.apply((0, 0, 0, 1))
+    assert out.legal and out.terminated and out.lost
 
 
 def test_episode_ends_when_no_legal_pair_remains():

@@ -166,21 +166,28 @@ def test_grpo_trains_logs_every_metric_and_resumes_exactly(tmp_path, s3_prefix):
 
 
 def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
-    from g1core.bench_grpo import _edge_mean, bench_grpo
+    from g1core.bench_grpo import _edge_mean, bench_grpo, reward_weights_arg
 
     assert _edge_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], first=True) == 1.5
     assert _edge_mean([1.0, 2.0, 3.0], first=False) == 3.0
-    small = {"states_per_step": 2, "num_generations": 2, "batch_size": 4, "steps": 2}
+    assert reward_weights_arg(None) is None
+    weights = reward_weights_arg(["survival=2", "format=0.5"])
+    assert weights == {"game": 1.0, "format": 0.5, "perception": 0.0, "survival": 2.0}
+    for bad in (["survival"], ["survival=much"], ["speed=1"]):
+        with pytest.raises(ValueError, match="NAME=WEIGHT|unknown reward"):
+            reward_weights_arg(bad)
+    small = {"states_per_step": 2, "num_generations": 2, "batch_size": 4, "steps": 2, "reward_weights": weights}
     quick_sft = {"heldout_per_game": 2, "eval_max_new_tokens": 8}
     out = bench_grpo(
-        "2048", minutes=5, sft_minutes=0.05, states=40, protocol_runs=1, protocol_steps=2,
+        "2048", minutes=5, sft_minutes=0.05, states=40, protocol_runs=2, protocol_steps=2,
         work_dir=tmp_path, grpo_overrides=small, sft_overrides=quick_sft,
     )  # fmt: skip
     assert out["steps_sft_start"] == out["steps_base_start"] == 2
     assert len(out["game_reward_series_sft_start"]) == 2
     assert out["game_reward_first"] == out["game_reward_series_sft_start"][0]
     assert out["game_reward_last"] == out["game_reward_series_sft_start"][-1]
-    assert set(out["score"]) == {"random", "teacher", "base", "sft", "g0", "g1"}
+    assert set(out["score"]) == set(out["score_se"]) == {"random", "teacher", "base", "sft", "g0", "g1"}
+    assert out["grpo"]["reward_weights"] == weights
     split = out["time_split_sft_start"]
     assert 0 <= split["sampling_and_scoring_share"] <= 1 and split["time/step"] > 0
     assert out["wall_s"] > 0 and out["teacher_skill"] == 0.5

@@ -74,6 +74,7 @@ def test_score_group_components_and_weights():
     ]
     group = pool.score_group(state, replies)
     parts = [s.parts for s in group.scores]
+    assert {p.pop("survival") for p in parts} == {0.0}  # a full board: no move can end the game
     assert parts[0] == {"game": 1.0, "format": 1.0, "perception": 1.0}
     assert parts[1] == {"game": 1.0, "format": 1.0, "perception": 0.0}
     assert parts[2] == {"game": 1.0, "format": 0.0, "perception": 0.0}
@@ -81,6 +82,23 @@ def test_score_group_components_and_weights():
     assert parts[4] == {"game": -1.0, "format": 1.0, "perception": 1.0}
     assert group.rewards == [2.5, 2.0, 1.0, 0.5, 0.5]
     assert (group.unparseable, group.illegal) == (1, 1)
+
+
+def test_survival_reward_is_minus_one_only_for_the_move_that_loses_the_game():
+    pool = EnvPool(["2048:size=2"], screen_size=SMALL, weights={"game": 1.0, "survival": 2.0})
+    env = pool.scratch("2048:size=2")
+    env.set_board(" 2 | 4 \n 8 | 8 ")  # left merges the 8s; the spawn decides whether a move is left
+    lost = set()
+    for seed in range(40):
+        env.reset(seed=seed)
+        env.set_board(" 2 | 4 \n 8 | 8 ")
+        scored = pool.score_group(env.get_state(), ["<answer>3</answer>", "<answer>1</answer>"]).scores
+        for s in scored:
+            assert s.parts["survival"] == (-1.0 if s.outcome.terminated else 0.0)
+            assert s.reward == s.parts["game"] + 2.0 * s.parts["survival"]
+            lost.add(s.outcome.lost)
+    assert lost == {True, False}  # a spawn 2 next to the 16 ends it (2 4 / 16 2), a 4 does not
+    assert rewards.survival_reward("no move", "", None) == 0.0
 
 
 def test_unknown_reward_weight_is_an_error():

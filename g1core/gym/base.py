@@ -29,6 +29,7 @@ class Outcome(NamedTuple):
     reward: float  # shaped game reward GR used in training (+1 / -1)
     legal: bool  # the move was allowed and changed the game
     terminated: bool  # the episode is over after this move
+    lost: bool = False  # this move ended the episode short of its goal (no move left, the game not won)
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +105,11 @@ class GridGameEnv(gym.Env):
         """True when no further move can change the game."""
         raise NotImplementedError
 
+    def _is_won(self) -> bool:
+        """True when the game is over because its goal is reached (a cleared board); games without a goal
+        (2048) are never won, so their end is always a loss."""
+        return False
+
     def _coerce_action(self, action: Action) -> Action:
         """Turn ``action`` into the game's canonical form, or raise ValueError."""
         raise NotImplementedError
@@ -173,7 +179,8 @@ class GridGameEnv(gym.Env):
         self.moves += 1
         if legal:
             self.terminated = self._is_over()
-        return Outcome(raw, reward, legal, self.terminated)
+        lost = legal and self.terminated and not self._is_won()  # this move ended the game short of its goal
+        return Outcome(raw, reward, legal, self.terminated, lost)
 
     def step(self, action: Action):
         outcome = self.apply(action)

@@ -2,7 +2,8 @@
 
 Each component reads the model's reply, the ground-truth text observation of the state it answered,
 and the outcome of executing its move (None when the move could not be read). The training reward is
-``sum(weight[name] * component(...))``; the paper's main runs use game 1, format 1, perception 0.
+``sum(weight[name] * component(...))``; the paper's main runs use game 1, format 1, perception 0 (and
+survival, our addition, 0).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from .base import Outcome
 
 RewardFn = Callable[[str, str, Outcome | None], float]
 REWARDS: dict[str, RewardFn] = {}
-PAPER_WEIGHTS: Mapping[str, float] = {"game": 1.0, "format": 1.0, "perception": 0.0}
+PAPER_WEIGHTS: Mapping[str, float] = {"game": 1.0, "format": 1.0, "perception": 0.0, "survival": 0.0}
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -29,6 +30,14 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
 def game_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
     """GR: the game's shaped reward for the move; an unreadable move counts as an illegal one (-1)."""
     return -1.0 if outcome is None else float(outcome.reward)
+
+
+@register("survival")
+def survival_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
+    """-1 when the move ends the game short of its goal (2048 with no move left, Shisen-Sho with tiles but
+    no pair left), else 0. Not in the paper: its one-step GR never sees the end of a game, and a policy
+    that maximises GR alone plays 2048 worse than the oracle at skill 0.5 does (README, GRPO benchmark)."""
+    return -1.0 if outcome is not None and outcome.lost else 0.0
 
 
 @register("format")

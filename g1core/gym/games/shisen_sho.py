@@ -180,6 +180,9 @@ class ShisenShoEnv(GridGameEnv):
     def _is_over(self) -> bool:
         return not self.board.any() or not legal_pairs(self.board, self.tiles.kind, first_only=True)
 
+    def _is_won(self) -> bool:
+        return not self.board.any()
+
     def _cell_text(self, code: int) -> str:
         return self.tiles.name(code)
 
