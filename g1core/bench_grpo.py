@@ -141,7 +141,8 @@ def bench_grpo(
             from .gym.protocol import play
 
             policy = build_policy(player, cfg.model)
-            result = play(str(spec), policy, protocol_runs, protocol_steps, screen_size=screen, progress=False)
+            n_runs, n_steps = protocol_runs, protocol_steps
+            result = play(str(spec), policy, n_runs, n_steps, screen_size=screen, progress=False)
             return result.mean, result.std / math.sqrt(protocol_runs)
 
         def model_player(path: str, name: str) -> PolicyConfig:

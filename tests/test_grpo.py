@@ -176,7 +176,8 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
     for bad in (["survival"], ["survival=much"], ["speed=1"]):
         with pytest.raises(ValueError, match="NAME=WEIGHT|unknown reward"):
             reward_weights_arg(bad)
-    small = {"states_per_step": 2, "num_generations": 2, "batch_size": 4, "steps": 2, "reward_weights": weights}
+    small = {"states_per_step": 2, "num_generations": 2, "batch_size": 4, "steps": 2}
+    small["reward_weights"] = weights
     quick_sft = {"heldout_per_game": 2, "eval_max_new_tokens": 8}
     out = bench_grpo(
         "2048", minutes=5, sft_minutes=0.05, states=40, protocol_runs=2, protocol_steps=2,

@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 # the per-step series kept in result.json (and so in the benchmark's output)
 HISTORY_KEYS = (
     "reward", "rewards/game/mean", "rewards/format/mean", "rewards/perception/mean", "rewards/survival/mean",
-    "perception_exact", "reasoning_accuracy", "unparseable_rate", "illegal_rate", "frac_reward_zero_std", "kl", "entropy",
-    "completions/mean_length", "generation_tokens_per_s", "time/sampling", "time/generation",
+    "perception_exact", "reasoning_accuracy", "unparseable_rate", "illegal_rate", "frac_reward_zero_std",
+    "kl", "entropy", "completions/mean_length", "generation_tokens_per_s", "time/sampling", "time/generation",
     "time/scoring", "time/update", "time/step", "time/sampling_and_scoring_share",
 )  # fmt: skip
 
