@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench_sft import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
+from .gym.policies import OraclePolicy, Policy, RandomPolicy, RewardGreedyPolicy
 from .gym.pool import GameSpec
 
 log = logging.getLogger(__name__)
@@ -134,13 +135,13 @@ def bench_grpo(
                 grpo_cfg, str(root / branch), start, progress=progress, work_dir=root / "work"
             )
 
-        def protocol(player: PolicyConfig) -> tuple[float, float]:
+        def protocol(player: PolicyConfig | Policy) -> tuple[float, float]:
             """The player's protocol score: mean and standard error over the runs."""
             if not protocol_runs:
                 return float("nan"), float("nan")
             from .gym.protocol import play
 
-            policy = build_policy(player, cfg.model)
+            policy = player if isinstance(player, Policy) else build_policy(player, cfg.model)
             n_runs, n_steps = protocol_runs, protocol_steps
             result = play(str(spec), policy, n_runs, n_steps, screen_size=screen, progress=False)
             return result.mean, result.std / math.sqrt(protocol_runs)
@@ -157,13 +158,14 @@ def bench_grpo(
             "sft": model_player(sft_model, "sft"),
             "g0": model_player(str(sft.storage.local_path(runs["g0"].model_uri)), "g0"),
             "g1": model_player(str(sft.storage.local_path(runs["g1"].model_uri)), "g1"),
+            # the best a one-step learner of the run's reward can do: what that reward asks for
+            "reward_greedy": RewardGreedyPolicy(grpo_cfg.grpo.reward_weights, seed=seed),
         }
         played = {name: protocol(player) for name, player in players.items()}
-        from .gym.policies import OraclePolicy, RandomPolicy
-
         stream_reward = {
             "teacher": stream_game_reward(grpo_cfg, OraclePolicy(skill=TEACHER_SKILL, seed=seed)),
             "random": stream_game_reward(grpo_cfg, RandomPolicy(seed=seed)),
+            "reward_greedy": stream_game_reward(grpo_cfg, players["reward_greedy"]),
         }
 
     out: dict = {"game": str(spec), "screen": list(screen), "teacher_skill": TEACHER_SKILL}
@@ -193,6 +195,7 @@ def bench_grpo(
     # the same measure as the series: one move's game reward on the run's own states
     out["game_reward_teacher"] = stream_reward["teacher"]
     out["game_reward_random"] = stream_reward["random"]
+    out["game_reward_reward_greedy"] = stream_reward["reward_greedy"]
     out["score_protocol"] = {"runs": protocol_runs, "steps": protocol_steps}
     out["sft"] = {
         "steps": sft_result.steps,
@@ -203,27 +206,11 @@ def bench_grpo(
     return out
 
 
-def reward_weights_arg(items: list[str] | None) -> dict | None:
-    """``--reward NAME=W`` items on top of the stage's default weights (None when there are none)."""
-    if not items:
-        return None
-    from .gym import rewards
-
-    weights = dict(rewards.PAPER_WEIGHTS)
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--reward takes NAME=WEIGHT, got {item!r}") from None
-        if not sep:
-            raise ValueError(f"--reward takes NAME=WEIGHT, got {item!r}")
-    return rewards.check_weights(weights)
-
-
 def cmd_bench_grpo(args) -> int:
     """``g1 bench grpo``: run the RL benchmark; one JSON object with ``--json``, else a summary."""
-    weights = reward_weights_arg(args.reward)
+    from .gym.rewards import parse_weights
+
+    weights = parse_weights(args.reward) if args.reward else None
     out = bench_grpo(
         game=args.game,
         minutes=args.minutes,

@@ -35,10 +35,15 @@ def _games(arg: list[str]) -> list[str]:
 
 def _policy(args):
     from g1core.gym.policies import make_policy
+    from g1core.gym.rewards import parse_weights
 
     kwargs = {"seed": args.policy_seed}
     if args.policy == "oracle":
         kwargs["skill"] = args.skill
+    if args.policy == "reward-greedy":
+        kwargs["weights"] = parse_weights(args.reward or [])
+    elif args.reward:
+        raise ValueError("--reward applies to --policy reward-greedy only")
     return make_policy(args.policy, **kwargs)
 
 
@@ -195,8 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def policy_args(p):
-        p.add_argument("--policy", choices=["random", "oracle"], default="random")
+        p.add_argument("--policy", choices=["random", "oracle", "reward-greedy"], default="random")
         p.add_argument("--skill", type=float, default=1.0, help="oracle only: chance of the oracle's move")
+        p.add_argument(
+            "--reward",
+            action="append",
+            metavar="NAME=WEIGHT",
+            help="reward-greedy only: a reward weight over the paper's (repeatable), e.g. survival=2",
+        )
         p.add_argument("--policy-seed", type=int, default=0)
 
     play = gym.add_parser("play", help="score a policy under the paper's evaluation protocol")

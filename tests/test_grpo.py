@@ -166,16 +166,16 @@ def test_grpo_trains_logs_every_metric_and_resumes_exactly(tmp_path, s3_prefix):
 
 
 def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
-    from g1core.bench_grpo import _edge_mean, bench_grpo, reward_weights_arg
+    from g1core.bench_grpo import _edge_mean, bench_grpo
+    from g1core.gym.rewards import parse_weights
 
     assert _edge_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], first=True) == 1.5
     assert _edge_mean([1.0, 2.0, 3.0], first=False) == 3.0
-    assert reward_weights_arg(None) is None
-    weights = reward_weights_arg(["survival=2", "format=0.5"])
+    weights = parse_weights(["survival=2", "format=0.5"])
     assert weights == {"game": 1.0, "format": 0.5, "perception": 0.0, "survival": 2.0}
     for bad in (["survival"], ["survival=much"], ["speed=1"]):
         with pytest.raises(ValueError, match="NAME=WEIGHT|unknown reward"):
-            reward_weights_arg(bad)
+            parse_weights(bad)
     small = {"states_per_step": 2, "num_generations": 2, "batch_size": 4, "steps": 2}
     small["reward_weights"] = weights
     quick_sft = {"heldout_per_game": 2, "eval_max_new_tokens": 8}
@@ -187,9 +187,11 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
     assert len(out["game_reward_series_sft_start"]) == 2
     assert out["game_reward_first"] == out["game_reward_series_sft_start"][0]
     assert out["game_reward_last"] == out["game_reward_series_sft_start"][-1]
-    assert set(out["score"]) == set(out["score_se"]) == {"random", "teacher", "base", "sft", "g0", "g1"}
+    players = {"random", "teacher", "base", "sft", "g0", "g1", "reward_greedy"}
+    assert set(out["score"]) == set(out["score_se"]) == players
     assert out["grpo"]["reward_weights"] == weights
     split = out["time_split_sft_start"]
     assert 0 <= split["sampling_and_scoring_share"] <= 1 and split["time/step"] > 0
     assert out["wall_s"] > 0 and out["teacher_skill"] == 0.5
     assert -1 <= out["game_reward_random"] <= out["game_reward_teacher"] <= 1  # the oracle half merges
+    assert out["game_reward_teacher"] <= out["game_reward_reward_greedy"] <= 1

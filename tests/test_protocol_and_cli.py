@@ -7,7 +7,7 @@ from PIL import Image
 
 from g1core.cli import main
 from g1core.gym import GAMES, make
-from g1core.gym.policies import OraclePolicy, RandomPolicy, make_policy
+from g1core.gym.policies import OraclePolicy, RandomPolicy, RewardGreedyPolicy, make_policy
 from g1core.gym.protocol import play
 
 
@@ -36,6 +36,21 @@ def test_pair_game_runs_stop_at_episode_end():
     assert result.scores == [8.0, 8.0] and result.replies == 2 * 8  # 16 tiles: 8 pairs, then it ends
 
 
+def test_reward_greedy_plays_the_best_one_step_reward_and_leaves_the_env_as_it_was():
+    env = make("2048", size=2, screen_size=(112, 112))
+    env.reset(seed=3)
+    env.set_board(" 2 | 2 \n 4 | - ")
+    before = env.get_state()
+    reply = RewardGreedyPolicy().replies([env])[0]
+    assert env.get_state() == before and env.text_observation() in reply
+    assert env.apply(env.parse_action(reply)).reward == 1.0  # a move that merges the 2s
+    # +1 merge / -1 alone dies young on a 2x2 board; a penalty for the losing move keeps it alive
+    paper = play("2048:size=2", RewardGreedyPolicy(), runs=20, steps=100, progress=False)
+    weights = {"game": 1, "survival": 2}
+    alive = play("2048:size=2", RewardGreedyPolicy(weights), runs=20, steps=100, progress=False)
+    assert alive.mean > paper.mean + 15 and alive.illegal_rate == paper.illegal_rate == 0.0
+
+
 def test_make_policy():
     assert make_policy("oracle", skill=0.5).name == "oracle@0.5"
     with pytest.raises(ValueError, match="unknown policy"):
@@ -57,6 +72,13 @@ def test_cli_play_json(capsys):
     assert main(["gym", "play", "--game", "2048", "swap", "--runs", "2", "--steps", "5", "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().split("\n")]
     assert [r["game"] for r in lines] == ["2048", "swap"] and all(len(r["scores"]) == 2 for r in lines)
+
+
+def test_cli_play_reward_greedy(capsys):
+    args = ["gym", "play", "--game", "2048:size=2", "--policy", "reward-greedy", "--reward", "survival=2"]
+    assert main([*args, "--runs", "2", "--steps", "10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"] == "reward-greedy" and out["illegal_rate"] == 0.0 and out["format_rate"] == 1.0
 
 
 def test_cli_play_table(capsys):
@@ -102,3 +124,7 @@ def test_cli_bench_json(capsys):
 def test_cli_bad_input_is_a_clear_error(caplog):
     assert main(["gym", "play", "--game", "chess", "--runs", "1", "--steps", "1"]) == 2
     assert "unknown game" in caplog.text
+    assert main(["gym", "play", "--game", "2048", "--policy", "oracle", "--reward", "survival=1"]) == 2
+    assert "reward-greedy only" in caplog.text
+    assert main(["gym", "play", "--game", "2048", "--policy", "reward-greedy", "--reward", "survival"]) == 2
+    assert "NAME=WEIGHT" in caplog.text

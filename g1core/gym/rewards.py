@@ -8,7 +8,7 @@ survival, our addition, 0).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from . import answer
 from .base import Outcome
@@ -57,6 +57,18 @@ def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
     if unknown:
         raise ValueError(f"unknown reward component(s) {sorted(unknown)}; known: {sorted(REWARDS)}")
     return {name: float(w) for name, w in weights.items()}
+
+
+def parse_weights(items: Sequence[str], base: Mapping[str, float] = PAPER_WEIGHTS) -> dict[str, float]:
+    """``NAME=WEIGHT`` items (command-line style) over ``base`` (the paper's weights)."""
+    weights = dict(base)
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value if sep else "missing")
+        except ValueError:
+            raise ValueError(f"a reward weight is NAME=WEIGHT, got {item!r}") from None
+    return check_weights(weights)
 
 
 def components(reply: str, truth: str, outcome: Outcome | None, names=None) -> dict[str, float]:
