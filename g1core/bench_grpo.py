@@ -3,9 +3,11 @@
 ``g1 bench grpo --json [--game G]`` (default a 2x2 2048) builds the G1 branch at the tiny scale on a CPU:
 it distils data from the oracle teacher at ``skill`` 0.5 (half its moves random), runs the SFT cold start
 on it (the SFT benchmark's settings), then GRPO from that SFT model (G1) and from the base model (G0) for
-the same time budget each, and plays the protocol with the teacher, the base, SFT, G0 and G1 models and the
-random policy. It prints one JSON object: each run's per-step game reward, its mean over the first and the
-last 10 % of steps, the time split of a step, and every player's protocol score.
+the same time budget each, and plays the protocol with the teacher, the base, SFT, G0 and G1 models, the
+random policy and the reward-greedy policy (the best one-step learner of the run's reward). It prints one
+JSON object: each run's per-step game reward, its mean over the first and the last 10 % of steps, the time
+split of a step, and every player's protocol score with its standard error. ``--reward NAME=W`` changes
+the reward's weights (e.g. ``survival=2``; the paper's by default).
 """
 
 from __future__ import annotations

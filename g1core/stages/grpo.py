@@ -353,10 +353,14 @@ def _history_callback():
                 entry = {"step": state.global_step, **{k: float(v) for k, v in logs.items() if _number(v)}}
                 state.log_history.append({"g1_step": entry})
                 nan = float("nan")
+                parts = ", ".join(
+                    f"{name} {entry[key]:.3f}"
+                    for name in rewards.REWARDS
+                    if (key := f"rewards/{name}/mean") in entry
+                )
                 log.info(
-                    "step %d: reward %.3f (game %.3f, format %.3f), P_acc %.3f, %.1f s (%.1f%% sample+score)",
-                    state.global_step, entry["reward"], entry.get("rewards/game/mean", nan),
-                    entry.get("rewards/format/mean", nan), entry.get("perception_exact", nan),
+                    "step %d: reward %.3f (%s), P_acc %.3f, %.1f s (%.1f%% sample+score)",
+                    state.global_step, entry["reward"], parts, entry.get("perception_exact", nan),
                     entry.get("time/step", nan), 100 * entry.get("time/sampling_and_scoring_share", nan),
                 )  # fmt: skip
 
