@@ -144,8 +144,9 @@ def bench_grpo(
             from .gym.protocol import play
 
             policy = player if isinstance(player, Policy) else build_policy(player, cfg.model)
-            n_runs, n_steps = protocol_runs, protocol_steps
-            result = play(str(spec), policy, n_runs, n_steps, screen_size=screen, progress=False)
+            result = play(
+                str(spec), policy, protocol_runs, protocol_steps, screen_size=screen, progress=False
+            )
             return result.mean, result.std / math.sqrt(protocol_runs)
 
         def model_player(path: str, name: str) -> PolicyConfig:
