@@ -407,7 +407,8 @@ class GrpoConfig(TrainingSettings):
     reward_weights: dict[str, float] = Field(
         default_factory=lambda: dict(rewards.PAPER_WEIGHTS),
         description="Weight of each reward component in the total (paper: game 1, format 1, perception 0; "
-        "survival, -1 for a move that loses the game, is ours and off by default).",
+        "ours, off by default: survival, -1 for a move that loses the game; legal, -1 for one that changes "
+        "nothing).",
     )
     # ---- the RL recipe ----
     preset: Literal["paper", "dapo", "dr-grpo"] = Field(

@@ -172,7 +172,7 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
     assert _edge_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], first=True) == 1.5
     assert _edge_mean([1.0, 2.0, 3.0], first=False) == 3.0
     weights = parse_weights(["survival=2", "format=0.5"])
-    assert weights == {"game": 1.0, "format": 0.5, "perception": 0.0, "survival": 2.0}
+    assert weights == {"game": 1.0, "format": 0.5, "perception": 0.0, "survival": 2.0, "legal": 0.0}
     for bad in (["survival"], ["survival=much"], ["speed=1"]):
         with pytest.raises(ValueError, match="NAME=WEIGHT|unknown reward"):
             parse_weights(bad)

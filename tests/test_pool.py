@@ -75,6 +75,7 @@ def test_score_group_components_and_weights():
     group = pool.score_group(state, replies)
     parts = [s.parts for s in group.scores]
     assert {p.pop("survival") for p in parts} == {0.0}  # a full board: no move can end the game
+    assert [p.pop("legal") for p in parts] == [0.0, 0.0, 0.0, -1.0, -1.0]  # the illegal and the unreadable
     assert parts[0] == {"game": 1.0, "format": 1.0, "perception": 1.0}
     assert parts[1] == {"game": 1.0, "format": 1.0, "perception": 0.0}
     assert parts[2] == {"game": 1.0, "format": 0.0, "perception": 0.0}
@@ -98,6 +99,9 @@ def test_survival_reward_is_minus_one_only_for_the_move_that_loses_the_game():
             assert s.reward == s.parts["game"] + 2.0 * s.parts["survival"]
             lost.add(s.outcome.lost)
     assert lost == {True, False}  # a spawn 2 next to the 16 ends it (2 4 / 16 2), a 4 does not
+    env.set_board(" 2 | 4 \n 8 | 8 ")  # the pool scores on this same scratch env: set the board again
+    up = pool.score_group(env.get_state(), ["<answer>0</answer>"]).scores[0]  # up changes nothing here
+    assert (up.parts["game"], up.parts["legal"], up.parts["survival"]) == (-1.0, -1.0, 0.0)
     assert rewards.survival_reward("no move", "", None) == 0.0
 
 

@@ -3,7 +3,7 @@
 Each component reads the model's reply, the ground-truth text observation of the state it answered,
 and the outcome of executing its move (None when the move could not be read). The training reward is
 ``sum(weight[name] * component(...))``; the paper's main runs use game 1, format 1, perception 0 (and
-survival, our addition, 0).
+our additions, survival and legal, 0).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from .base import Outcome
 
 RewardFn = Callable[[str, str, Outcome | None], float]
 REWARDS: dict[str, RewardFn] = {}
-PAPER_WEIGHTS: Mapping[str, float] = {"game": 1.0, "format": 1.0, "perception": 0.0, "survival": 0.0}
+PAPER_WEIGHTS: Mapping[str, float] = {
+    "game": 1.0, "format": 1.0, "perception": 0.0, "survival": 0.0, "legal": 0.0,
+}  # fmt: skip
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -38,6 +40,14 @@ def survival_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
     no pair left), else 0. Not in the paper: its one-step GR never sees the end of a game, and a policy
     that maximises GR alone plays 2048 worse than the oracle at skill 0.5 does (README, GRPO benchmark)."""
     return -1.0 if outcome is not None and outcome.lost else 0.0
+
+
+@register("legal")
+def legal_reward(reply: str, truth: str, outcome: Outcome | None) -> float:
+    """-1 when the move cannot be read or changes nothing, else 0. Not in the paper: its 2048 GR scores a
+    move that changes nothing like one that merges nothing, and with ``survival`` such a move becomes a
+    safe pass that the protocol pays for with a step (README, GRPO benchmark)."""
+    return 0.0 if outcome is not None and outcome.legal else -1.0
 
 
 @register("format")

@@ -9,7 +9,7 @@ clip 0.2, constant lr 1e-6; ``dapo`` and ``dr-grpo`` are the other presets).
   from ``(seed, i)``) and the state ``EnvPool.sample_state(spec, state_seed(seed, i, spec))``, rendered when
   the row is read; step ``k`` reads rows ``k * states_per_step ...`` in order, so a resumed run continues
   the stream where it stopped (the Trainer skips the rows already used) and repeats nothing.
-- **Rewards**: the pool's named components (game, format, perception, survival), each a TRL reward function
+- **Rewards**: the pool's named components (game, format, perception, survival, legal), each a TRL reward
   with its weight (``reward_weights``); all are computed once per answer and logged apart.
 - **Generation**: vLLM colocated on the training GPUs (``use_vllm``), Hugging Face ``generate`` elsewhere;
   the same code path otherwise.
@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 # the per-step series kept in result.json (and so in the benchmark's output)
 HISTORY_KEYS = (
     "reward", "rewards/game/mean", "rewards/format/mean", "rewards/perception/mean", "rewards/survival/mean",
-    "perception_exact", "reasoning_accuracy", "unparseable_rate", "illegal_rate", "frac_reward_zero_std",
-    "kl", "entropy", "completions/mean_length", "generation_tokens_per_s", "time/sampling", "time/generation",
-    "time/scoring", "time/update", "time/step", "time/sampling_and_scoring_share",
+    "rewards/legal/mean", "perception_exact", "reasoning_accuracy", "unparseable_rate", "illegal_rate",
+    "frac_reward_zero_std", "kl", "entropy", "completions/mean_length", "generation_tokens_per_s",
+    "time/sampling", "time/generation", "time/scoring", "time/update", "time/step",
+    "time/sampling_and_scoring_share",
 )  # fmt: skip
 
 
