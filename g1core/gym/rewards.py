@@ -75,7 +75,9 @@ def parse_weights(items: Sequence[str], base: Mapping[str, float] = PAPER_WEIGHT
     for item in items:
         name, sep, value = item.partition("=")
         try:
-            weights[name.strip()] = float(value if sep else "missing")
+            if not sep:
+                raise ValueError
+            weights[name.strip()] = float(value)
         except ValueError:
             raise ValueError(f"a reward weight is NAME=WEIGHT, got {item!r}") from None
     return check_weights(weights)

@@ -45,13 +45,12 @@ from .training import MetricsSink
 
 log = logging.getLogger(__name__)
 
-# the per-step series kept in result.json (and so in the benchmark's output)
+# the per-step series kept in result.json (and so in the benchmark's output); one per reward component
 HISTORY_KEYS = (
-    "reward", "rewards/game/mean", "rewards/format/mean", "rewards/perception/mean", "rewards/survival/mean",
-    "rewards/legal/mean", "perception_exact", "reasoning_accuracy", "unparseable_rate", "illegal_rate",
-    "frac_reward_zero_std", "kl", "entropy", "completions/mean_length", "generation_tokens_per_s",
-    "time/sampling", "time/generation", "time/scoring", "time/update", "time/step",
-    "time/sampling_and_scoring_share",
+    "reward", *(f"rewards/{name}/mean" for name in rewards.REWARDS), "perception_exact", "reasoning_accuracy",
+    "unparseable_rate", "illegal_rate", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
+    "generation_tokens_per_s", "time/sampling", "time/generation", "time/scoring", "time/update",
+    "time/step", "time/sampling_and_scoring_share",
 )  # fmt: skip
 
 
