@@ -24,7 +24,7 @@ import numpy as np
 
 from .bench_sft import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
 from .gym.policies import OraclePolicy, Policy, RandomPolicy, RewardGreedyPolicy
-from .gym.pool import GameSpec
+from .gym.pool import WARMUP_DRAWS, GameSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def bench_grpo(
 ) -> dict:
     """Run the benchmark for ``game`` (see the module docstring) and return its figures.
 
-    ``grpo_overrides`` and ``sft_overrides`` replace fields of the two stages' benchmark settings."""
+    ``grpo_overrides`` and ``sft_overrides`` replace fields of the two stages' benchmark settings (a
+    ``gym`` entry of ``grpo_overrides`` is merged into the GRPO gym section, whose games are the bench's)."""
     from .config import PolicyConfig
     from .models.budget import PixelBudget
     from .models.loading import load_model
@@ -122,13 +123,14 @@ def bench_grpo(
         budget = PixelBudget(pixels.min_pixels, pixels.max_pixels)
         _, processor = load_model(sft_model, budget=budget)
         answer_tokens = max(len(processor.tokenizer(r["answer"])["input_ids"]) for r in rows)
+        overrides = dict(grpo_overrides or {})
         settings = {
             **BENCH_GRPO,
-            "gym": {"games": [str(spec)], "screen_size": list(screen)},
+            "gym": {"games": [str(spec)], "screen_size": list(screen), **overrides.pop("gym", {})},
             "seed": seed,
             "max_train_minutes": minutes,
             "max_new_tokens": answer_tokens + 16,
-            **(grpo_overrides or {}),
+            **overrides,
         }
         grpo_cfg = grpo.GrpoRunConfig(model=cfg.model, grpo=grpo.GrpoConfig.model_validate(settings))
         runs = {}
@@ -209,11 +211,20 @@ def bench_grpo(
     return out
 
 
-def cmd_bench_grpo(args) -> int:
-    """``g1 bench grpo``: run the RL benchmark; one JSON object with ``--json``, else a summary."""
+def grpo_overrides(args) -> dict:
+    """The GRPO settings that ``g1 bench grpo``'s flags change (reward weights, the states' warm-up)."""
     from .gym.rewards import parse_weights
 
-    weights = parse_weights(args.reward) if args.reward else None
+    overrides: dict = {"gym": {"warmup_draw": args.warmup_draw}}
+    if args.warmup is not None:
+        overrides["gym"]["warmup"] = {GameSpec.parse(args.game).game: args.warmup}
+    if args.reward:
+        overrides["reward_weights"] = parse_weights(args.reward)
+    return overrides
+
+
+def cmd_bench_grpo(args) -> int:
+    """``g1 bench grpo``: run the RL benchmark; one JSON object with ``--json``, else a summary."""
     out = bench_grpo(
         game=args.game,
         minutes=args.minutes,
@@ -223,7 +234,7 @@ def cmd_bench_grpo(args) -> int:
         protocol_steps=args.protocol_steps,
         work_dir=args.work_dir,
         progress=not args.json,
-        grpo_overrides={"reward_weights": weights} if weights else None,
+        grpo_overrides=grpo_overrides(args),
     )
     if args.json:
         sys.stdout.write(json.dumps(out) + "\n")
@@ -256,6 +267,18 @@ def register_cli(bench) -> None:
         action="append",
         metavar="NAME=WEIGHT",
         help="a GRPO reward weight over the paper's (repeatable), e.g. --reward survival=2",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="random warm-up moves of GRPO's states (default: the paper's; the SFT data keeps the paper's)",
+    )
+    p.add_argument(
+        "--warmup-draw",
+        choices=WARMUP_DRAWS,
+        default="fixed",
+        help="fixed: every GRPO state gets the whole warm-up (paper); uniform: 0..warm-up, drawn per state",
     )
     p.add_argument(
         "--protocol-runs",

@@ -82,6 +82,12 @@ class GymConfig(Section):
         default={},
         description="Random warm-up moves per game when sampling states; empty = the paper's 100/250/0.",
     )
+    warmup_draw: Literal["fixed", "uniform"] = Field(
+        default="fixed",
+        description="fixed: every state gets the full warm-up (the paper). uniform: each state's count is "
+        "drawn from 0..warm-up, so states span a whole game; on small boards, where 100 random moves "
+        "always end the game, fixed gives only states one move from the end, unlike play from a fresh board.",
+    )
 
     check_games = field_validator("games", mode="before")(_check_games)
     check_screen = field_validator("screen_size")(_check_screen)

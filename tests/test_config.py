@@ -48,6 +48,7 @@ def test_overrides_are_read_as_yaml():
         ("distill.keep_if=[pretty]", "distill.keep_if.0"),
         ("evaluate.policies.9.skill=1", "evaluate.policies.9"),
         ("distill.states_per_game.x=1", "distill.states_per_game"),
+        ("grpo.gym.warmup_draw=sometimes", "grpo.gym.warmup_draw"),
     ],
 )
 def test_bad_config_names_the_field(override, field):

@@ -178,6 +178,7 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
             parse_weights(bad)
     small = {"states_per_step": 2, "num_generations": 2, "batch_size": 4, "steps": 2}
     small["reward_weights"] = weights
+    small["gym"] = {"warmup": {"2048": 5}, "warmup_draw": "uniform"}  # merged into the bench's gym section
     quick_sft = {"heldout_per_game": 2, "eval_max_new_tokens": 8}
     out = bench_grpo(
         "2048", minutes=5, sft_minutes=0.05, states=40, protocol_runs=2, protocol_steps=2,
@@ -190,8 +191,26 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
     players = {"random", "teacher", "base", "sft", "g0", "g1", "reward_greedy"}
     assert set(out["score"]) == set(out["score_se"]) == players
     assert out["grpo"]["reward_weights"] == weights
+    assert out["grpo"]["gym"] == {"games": ["2048"], "screen_size": [112, 112], **small["gym"]}
     split = out["time_split_sft_start"]
     assert 0 <= split["sampling_and_scoring_share"] <= 1 and split["time/step"] > 0
     assert out["wall_s"] > 0 and out["teacher_skill"] == 0.5
     assert -1 <= out["game_reward_random"] <= out["game_reward_teacher"] <= 1  # the oracle half merges
     assert out["game_reward_teacher"] <= out["game_reward_reward_greedy"] <= 1
+
+
+def test_bench_grpo_flags_set_the_reward_and_the_warmup_of_the_grpo_states():
+    from g1core.bench_grpo import grpo_overrides
+    from g1core.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "grpo", "--game", "2048:size=2", "--reward", "legal=1"])
+    assert grpo_overrides(args) == {
+        "gym": {"warmup_draw": "fixed"},
+        "reward_weights": {"game": 1.0, "format": 1.0, "perception": 0.0, "survival": 0.0, "legal": 1.0},
+    }
+    flags = ["bench", "grpo", "--game", "2048:size=2", "--warmup", "12", "--warmup-draw", "uniform"]
+    assert grpo_overrides(build_parser().parse_args(flags)) == {
+        "gym": {"warmup_draw": "uniform", "warmup": {"2048": 12}}
+    }
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "grpo", "--warmup-draw", "sometimes"])

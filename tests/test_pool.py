@@ -46,6 +46,24 @@ def test_warmup_moves_are_played():
     assert all((st.state.board > 0).sum() == 2 for st in cold)
 
 
+def test_uniform_warmup_spans_the_game_where_a_fixed_one_only_reaches_its_end():
+    # 100 random moves always end a 2x2 game, so every fixed-warm-up state is the one before the end
+    fixed = EnvPool(["2048:size=2"], screen_size=SMALL).sample_states(200, seed=0)
+    uniform = EnvPool(["2048:size=2"], screen_size=SMALL, warmup={"2048": 12}, warmup_draw="uniform")
+    spread = uniform.sample_states(200, seed=0)
+    fixed_moves = [st.state.fields[2] for st in fixed]
+    spread_moves = [st.state.fields[2] for st in spread]
+    assert min(spread_moves) == 0 and len(set(spread_moves)) >= 10  # fresh boards too, and all between
+    assert np.mean(spread_moves) < np.mean(fixed_moves)
+    assert [s.text for s in spread] == [s.text for s in uniform.sample_states(200, seed=0)]  # reproducible
+    # "fixed" (the paper's) is the default
+    assert [s.text for s in fixed] == [
+        s.text for s in EnvPool(["2048:size=2"], screen_size=SMALL, warmup_draw="fixed").sample_states(200, 0)
+    ]
+    with pytest.raises(ValueError, match="warmup_draw"):
+        EnvPool(["2048"], warmup_draw="random")
+
+
 def test_score_group_restores_the_exact_state_for_every_reply():
     pool = EnvPool(["2048"], screen_size=SMALL)
     state = pool.sample_states(1, seed=5)[0]

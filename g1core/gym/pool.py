@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Random moves played after reset when sampling RL states (G1 recipe, spec section 5).
 WARMUP_MOVES: Mapping[str, int] = {"2048": 100, "shisen-sho": 250, "shisen-sho-cifar10": 250, "swap": 0}
+# How many of them a state gets: "fixed" = always that many (the paper); "uniform" = drawn from 0..that
+# many by the state's seed, so states cover a whole game even where that many random moves always end
+# it (2048 on a small board: every fixed-count state is one random move from the end).
+WARMUP_DRAWS = ("fixed", "uniform")
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,10 @@ class EnvPool:
         screen_size: tuple[int, int] = PAPER_SCREEN,
         weights: Mapping[str, float] = rewards.PAPER_WEIGHTS,
         warmup: Mapping[str, int] | None = None,
+        warmup_draw: str = "fixed",
     ):
+        if warmup_draw not in WARMUP_DRAWS:
+            raise ValueError(f"warmup_draw must be one of {', '.join(WARMUP_DRAWS)}, got {warmup_draw!r}")
         if isinstance(games, str | GameSpec | Mapping):
             games = [games]
         self.specs = [GameSpec.parse(g) for g in games]
@@ -151,6 +158,7 @@ class EnvPool:
         self.screen_size = tuple(screen_size)
         self.weights = rewards.check_weights(weights)
         self.warmup = {**WARMUP_MOVES, **(warmup or {})}
+        self.warmup_draw = warmup_draw
         self._scratch: dict[GameSpec, GridGameEnv] = {}
         n = len(self.specs) if num_envs is None else int(num_envs)
         self.specs_of_envs = [self.specs[i % len(self.specs)] for i in range(n)]
@@ -172,7 +180,8 @@ class EnvPool:
 
     # ---- RL states ------------------------------------------------------------------------
     def sample_state(self, spec: GameSpec | str, seed: int, image: bool = True) -> SampledState:
-        """The state reached from ``reset(seed)`` by the warm-up's random moves (drawn from ``seed`` too).
+        """The state reached from ``reset(seed)`` by the warm-up's random moves (drawn from ``seed`` too;
+        with ``warmup_draw="uniform"`` so is their number, from 0 to the game's warm-up).
 
         A warm-up move that would end the episode is taken back and the warm-up stops there, so every
         sampled state still has a move to learn from.
@@ -184,7 +193,10 @@ class EnvPool:
         # An illegal move changes neither the board nor the RNG, so the snapshot taken after the last
         # legal move is the state before any move that ends the episode.
         last_legal = env.get_state()
-        for action in env.random_actions(moves, self.warmup.get(spec.game, 0)):
+        count = self.warmup.get(spec.game, 0)
+        if self.warmup_draw == "uniform":
+            count = int(moves.integers(0, count + 1))
+        for action in env.random_actions(moves, count):
             outcome = env.apply(action)
             if outcome.terminated:
                 env.set_state(last_legal)

@@ -96,7 +96,8 @@ class Distiller:
         self.uri = output_uri
         self.progress = progress
         self.teacher = build_policy(self.d.teacher, cfg.model)
-        self.pool = EnvPool(self.d.gym.games, screen_size=self.d.gym.screen_size, warmup=self.d.gym.warmup)
+        g = self.d.gym
+        self.pool = EnvPool(g.games, screen_size=g.screen_size, warmup=g.warmup, warmup_draw=g.warmup_draw)
         self._envs: dict[GameSpec, list[GridGameEnv]] = defaultdict(list)
         self._stored_images: set[str] = set()
 
@@ -145,6 +146,7 @@ class Distiller:
             "games": [str(s) for s in self.pool.specs],
             "screen_size": list(d.gym.screen_size),
             "warmup": self.pool.warmup,
+            "warmup_draw": self.pool.warmup_draw,
             "seed": d.seed,
             "answers_per_state": d.answers_per_state,
             "keep_if": list(d.keep_if),

@@ -169,7 +169,9 @@ def training_pool(settings: GrpoConfig) -> EnvPool:
     """The pool a GRPO section's states are sampled and its answers scored with (its games, screens,
     warm-up and reward weights)."""
     g = settings.gym
-    return EnvPool(g.games, 0, g.screen_size, weights=settings.reward_weights, warmup=g.warmup)
+    return EnvPool(
+        g.games, 0, g.screen_size, weights=settings.reward_weights, warmup=g.warmup, warmup_draw=g.warmup_draw
+    )
 
 
 def _spec_weight(weights: dict[str, float], spec: GameSpec) -> float:
