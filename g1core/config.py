@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import G1Error
 from .gym import GAMES, game_class, rewards
-from .gym.pool import GameSpec
+from .gym.pool import WARMUP_DRAWS, GameSpec
 
 # Presets: configs/ in the repo; the stage images copy them and point G1_CONFIG_DIR there.
 CONFIG_DIR = Path(os.environ.get("G1_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
@@ -82,7 +82,7 @@ class GymConfig(Section):
         default={},
         description="Random warm-up moves per game when sampling states; empty = the paper's 100/250/0.",
     )
-    warmup_draw: Literal["fixed", "uniform"] = Field(
+    warmup_draw: Literal[WARMUP_DRAWS] = Field(
         default="fixed",
         description="fixed: every state gets the full warm-up (the paper). uniform: each state's count is "
         "drawn from 0..warm-up, so states span a whole game; on small boards, where 100 random moves "
