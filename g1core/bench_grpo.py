@@ -103,6 +103,15 @@ def bench_grpo(
 
     spec = GameSpec.parse(game)
     screen = bench_screen(spec)
+    overrides = dict(grpo_overrides or {})
+    settings = {
+        **BENCH_GRPO,
+        "gym": {"games": [str(spec)], "screen_size": list(screen), **overrides.pop("gym", {})},
+        "seed": seed,
+        "max_train_minutes": minutes,
+        **overrides,
+    }
+    grpo.GrpoConfig.model_validate(settings)  # a bad override fails now, not after distillation and SFT
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="g1-bench-grpo-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
@@ -123,15 +132,7 @@ def bench_grpo(
         budget = PixelBudget(pixels.min_pixels, pixels.max_pixels)
         _, processor = load_model(sft_model, budget=budget)
         answer_tokens = max(len(processor.tokenizer(r["answer"])["input_ids"]) for r in rows)
-        overrides = dict(grpo_overrides or {})
-        settings = {
-            **BENCH_GRPO,
-            "gym": {"games": [str(spec)], "screen_size": list(screen), **overrides.pop("gym", {})},
-            "seed": seed,
-            "max_train_minutes": minutes,
-            "max_new_tokens": answer_tokens + 16,
-            **overrides,
-        }
+        settings = {"max_new_tokens": answer_tokens + 16, **settings}  # an override keeps its own
         grpo_cfg = grpo.GrpoRunConfig(model=cfg.model, grpo=grpo.GrpoConfig.model_validate(settings))
         runs = {}
         for branch, start in (("g1", sft_model), ("g0", None)):
@@ -212,7 +213,9 @@ def bench_grpo(
 
 
 def grpo_overrides(args) -> dict:
-    """The GRPO settings that ``g1 bench grpo``'s flags change (reward weights, the states' warm-up)."""
+    """The GRPO settings that ``g1 bench grpo``'s flags change (reward weights, the states' warm-up, and any
+    field of the stage's config through ``--set``, applied last)."""
+    from .config import apply_overrides
     from .gym.rewards import parse_weights
 
     overrides: dict = {"gym": {"warmup_draw": args.warmup_draw}}
@@ -220,7 +223,7 @@ def grpo_overrides(args) -> dict:
         overrides["gym"]["warmup"] = {GameSpec.parse(args.game).game: args.warmup}
     if args.reward:
         overrides["reward_weights"] = parse_weights(args.reward)
-    return overrides
+    return apply_overrides(overrides, args.overrides)
 
 
 def cmd_bench_grpo(args) -> int:
@@ -279,6 +282,14 @@ def register_cli(bench) -> None:
         choices=WARMUP_DRAWS,
         default="fixed",
         help="fixed: every GRPO state gets the whole warm-up (paper); uniform: 0..warm-up, drawn per state",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a GRPO setting over the bench's (repeatable), e.g. --set beta=0.1 --set num_generations=16",
     )
     p.add_argument(
         "--protocol-runs",

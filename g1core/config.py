@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -504,6 +505,13 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
 
 
+def apply_overrides(tree: dict, items: Sequence[str]) -> dict:
+    """Apply ``--set``-style ``a.b=value`` items to a nested dict in place (and return it)."""
+    for item in items:
+        _set_path(tree, *parse_override(item))
+    return tree
+
+
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node: Any = tree
@@ -565,9 +573,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     tree = _merge(PipelineConfig().model_dump(mode="json"), tree)
-    for item in overrides or []:
-        _set_path(tree, *parse_override(item))
-    return config_from_dict(tree)
+    return config_from_dict(apply_overrides(tree, overrides or []))
 
 
 def _merge(base: dict, top: dict) -> dict:

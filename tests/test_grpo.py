@@ -214,3 +214,21 @@ def test_bench_grpo_flags_set_the_reward_and_the_warmup_of_the_grpo_states():
     }
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "grpo", "--warmup-draw", "sometimes"])
+    flags = ["bench", "grpo", "--reward", "legal=1", "--set", "beta=0.1", "--set", "num_generations=16"]
+    flags += ["--set", "gym.warmup.2048=12", "--set", "reward_weights.legal=2"]  # --set applies last
+    assert grpo_overrides(build_parser().parse_args(flags)) == {
+        "gym": {"warmup_draw": "fixed", "warmup": {"2048": 12}},
+        "reward_weights": {"game": 1.0, "format": 1.0, "perception": 0.0, "survival": 0.0, "legal": 2},
+        "beta": 0.1,
+        "num_generations": 16,
+    }
+
+
+def test_bench_grpo_refuses_a_bad_setting_before_it_distils(tmp_path):
+    from pydantic import ValidationError
+
+    from g1core.bench_grpo import bench_grpo
+
+    with pytest.raises(ValidationError, match="betta"):
+        bench_grpo(work_dir=tmp_path, grpo_overrides={"betta": 0.1})
+    assert not any(tmp_path.iterdir())  # nothing distilled
