@@ -443,6 +443,13 @@ class GrpoConfig(TrainingSettings):
     mask_truncated_completions: bool | None = Field(
         default=None, description="Leave answers cut at max_new_tokens out of the loss; None = the preset's."
     )
+    entropy_coef: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of a mean per-token entropy bonus in the loss (TRL's; not the paper's): keeps the "
+        "policy from growing certain of one answer, after which its groups score alike and GRPO can no longer "
+        "correct it.",
+    )
     # ---- generation backend ----
     use_vllm: Literal["auto", "on", "off"] = Field(
         default="auto",

@@ -105,6 +105,15 @@ def test_presets_and_overrides():
         load_config(None, ["grpo.num_generations=1"])
 
 
+def test_recipe_and_entropy_bonus_reach_the_trainer(tmp_path):
+    args = grpo.GrpoRun(_cfg(beta=0.1, entropy_coef=0.05), "x", work_dir=tmp_path)._training_args()
+    assert (args.beta, args.entropy_coef, args.epsilon) == (0.1, 0.05, 0.2)
+    assert args.gradient_accumulation_steps == 2  # 2 states x 2 answers in passes of 2: one optimizer step
+    assert grpo.GrpoRun(_cfg(), "x", work_dir=tmp_path)._training_args().entropy_coef == 0.0  # paper: none
+    with pytest.raises(ConfigError, match="entropy_coef"):
+        load_config(None, ["grpo.entropy_coef=-1"])
+
+
 def _cfg(tmp_path=None, **grpo_fields):
     base = {
         "gym": {"games": ["2048"], "screen_size": list(SCREEN)},

@@ -449,6 +449,7 @@ class GrpoRun(training.TrainingRun):
             top_p=s.top_p,
             max_completion_length=s.max_new_tokens,
             reward_weights=[s.reward_weights.get(name, 0.0) for name in rewards.REWARDS],
+            entropy_coef=s.entropy_coef,
             use_bias_correction_kl=False,  # the paper's plain k3 estimator (on-policy, the ratio is 1)
             shuffle_dataset=False,  # the stream is already random; in order, a resume continues it exactly
             disable_dropout=True,
