@@ -256,6 +256,8 @@ def cmd_bench_grpo(args) -> int:
 
 def register_cli(bench) -> None:
     """Add ``grpo`` to the ``g1 bench`` subcommands."""
+    from .cli import add_set_flag
+
     p = bench.add_parser(
         "grpo", help="GRPO on CPU: tiny model, G1 (from SFT) and G0 (from base), protocol scores"
     )
@@ -283,14 +285,7 @@ def register_cli(bench) -> None:
         default="fixed",
         help="fixed: every GRPO state gets the whole warm-up (paper); uniform: 0..warm-up, drawn per state",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a GRPO setting over the bench's (repeatable), e.g. --set beta=0.1 --set num_generations=16",
-    )
+    add_set_flag(p, "a GRPO setting over the bench's (repeatable), e.g. --set beta=0.1")
     p.add_argument(
         "--protocol-runs",
         type=int,

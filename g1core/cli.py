@@ -118,16 +118,14 @@ def cmd_gym_bench(args) -> int:
     return 0
 
 
+def add_set_flag(p, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable, into ``args.overrides``): config fields over a command's defaults."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _config_args(p) -> None:
     p.add_argument("--config", default="local-tiny", help="a YAML file or a preset (local-tiny, g1-paper)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. distill.states_per_game=10 (repeatable)",
-    )
+    add_set_flag(p, "override a config field, e.g. distill.states_per_game=10 (repeatable)")
 
 
 def _run_id(args) -> str:

@@ -446,9 +446,9 @@ class GrpoConfig(TrainingSettings):
     entropy_coef: float = Field(
         default=0.0,
         ge=0,
-        description="Weight of a mean per-token entropy bonus in the loss (TRL's; not the paper's): keeps the "
-        "policy from growing certain of one answer, after which its groups score alike and GRPO can no longer "
-        "correct it.",
+        description="Weight of a mean per-token entropy bonus in the loss (TRL's; not the paper's): keeps "
+        "the policy from growing certain of one answer, after which its groups score alike and GRPO can no "
+        "longer correct it.",
     )
     # ---- generation backend ----
     use_vllm: Literal["auto", "on", "off"] = Field(
