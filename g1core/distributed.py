@@ -28,6 +28,8 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,11 @@ log = logging.getLogger(__name__)
 MetricsSink = Callable[[dict[str, float], int], None]
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 DEEPSPEED_SWITCH = "ACCELERATE_USE_DEEPSPEED"  # set by accelerate (and its launcher) when DeepSpeed is on
+ERROR_GLOB = "error-rank*.txt"  # a worker's exception and traceback, beside its spec, for the parent to quote
+# DeepSpeed's calls of torch.distributed's old collective names: one warning per call, hundreds per run
+DEEPSPEED_COLLECTIVE_DEPRECATIONS = (
+    r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+)
 
 
 # ---- DeepSpeed --------------------------------------------------------------------------------------
@@ -246,6 +253,8 @@ def launch(
     folder.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(folder / "metrics.jsonl")
     metrics.path.unlink(missing_ok=True)
+    for stale in folder.glob(ERROR_GLOB):  # a failure report is about this launch, never an earlier one
+        stale.unlink()
     spec_path = folder / "worker.json"
     spec_path.write_text(json.dumps({"entry": entry, "args": {**args, "metrics_log": str(metrics.path)}}))
     env = dict(os.environ)
@@ -271,8 +280,21 @@ def launch(
     if proc.returncode != 0:
         raise RuntimeError(
             f"{num_processes} worker processes of {entry} failed (exit code {proc.returncode}); "
-            "their log is above"
+            f"their log is above. {worker_errors(folder)}"
         )
+
+
+def worker_errors(folder: Path, lines: int = 12) -> str:
+    """What the failed workers of a launch in ``folder`` reported: each rank's exception with the end of its
+    traceback, so the error itself names the cause even where the workers' long log was cut."""
+    reports = sorted(folder.glob(ERROR_GLOB))
+    if not reports:
+        return "No worker reported an exception (one may have been killed, e.g. out of memory)."
+    ranks_by_tail: dict[str, list[str]] = {}  # ranks that failed alike are named together, their report once
+    for report in reports:
+        tail = "\n".join(report.read_text().rstrip().splitlines()[-lines:])
+        ranks_by_tail.setdefault(tail, []).append(report.stem.removeprefix("error-"))
+    return "\n".join(f"{', '.join(ranks)} raised:\n{tail}" for tail, ranks in ranks_by_tail.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,13 +303,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m g1core.distributed", description=main.__doc__)
     parser.add_argument("spec", type=Path, help="the worker spec JSON written by launch()")
-    spec = json.loads(parser.parse_args(argv).spec.read_text())
+    spec_path = parser.parse_args(argv).spec
+    spec = json.loads(spec_path.read_text())
     logging.basicConfig(
         level=logging.INFO if rank() == 0 else logging.WARNING,
         format=f"%(asctime)s rank{rank()} %(levelname)s %(name)s: %(message)s",
     )
+    warnings.filterwarnings("ignore", message=DEEPSPEED_COLLECTIVE_DEPRECATIONS, category=FutureWarning)
     module, _, function = spec["entry"].partition(":")
-    getattr(importlib.import_module(module), function)(spec["args"])
+    try:
+        getattr(importlib.import_module(module), function)(spec["args"])
+    except BaseException:  # the parent quotes this report in its own error; the exception still ends the rank
+        report = spec_path.parent / ERROR_GLOB.replace("*", str(rank()))
+        report.write_text(traceback.format_exc())
+        raise
     return 0
 
 

@@ -37,7 +37,7 @@ LM_TARGETS = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up
 @pytest.fixture(autouse=True)
 def _quiet_deepspeed():
     with warnings.catch_warnings():  # DeepSpeed calls torch's deprecated collective names on every step
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+        warnings.filterwarnings("ignore", distributed.DEEPSPEED_COLLECTIVE_DEPRECATIONS, FutureWarning)
         yield
 
 
@@ -226,8 +226,12 @@ def test_two_processes_through_the_launch_command(dataset, reference, tmp_path, 
 
 def test_a_failing_worker_fails_the_run(dataset, tmp_path):
     cfg = _cfg(num_processes=2, batch_size=4, games=["swap"])  # the workers find no such samples
-    with pytest.raises(RuntimeError, match="2 worker processes .* failed"):
+    with pytest.raises(RuntimeError, match="2 worker processes .* failed") as failed:
         sft.run(cfg, dataset, str(tmp_path / "o"), progress=False, work_dir=tmp_path / "w")
+    # the workers' own exception, not only "see the log": CI output and pod events cut long worker logs
+    message = str(failed.value)
+    assert "rank0, rank1 raised:" in message
+    assert "ValueError: dataset_uri" in message and "no samples of sft.games=['swap']" in message
 
 
 # ---- training options --------------------------------------------------------------------------------------
