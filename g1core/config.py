@@ -459,6 +459,12 @@ class GrpoConfig(TrainingSettings):
     vllm_gpu_memory_utilization: float = Field(
         default=0.3, gt=0, le=1, description="Share of each GPU's memory vLLM may take beside training."
     )
+    vllm_sleep_mode: bool = Field(
+        default=False,
+        description="Free vLLM's weights and KV cache while the update runs (TRL's level-2 sleep; they come "
+        "back at the next generation, the weights synced from the policy as every step does anyway): the "
+        "update then has vLLM's share of the GPU for its activations. The 7B recipe needs it on 80 GB.",
+    )
     # ---- defaults of the shared settings that differ for RL ----
     learning_rate: float = Field(default=1e-6, gt=0, description="Learning rate (paper: 1e-6 constant).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(

@@ -129,6 +129,26 @@ def _free_port() -> int:
 
 
 @contextmanager
+def preserved_env(keys: tuple[str, ...] = LAUNCH_ENV) -> Iterator[None]:
+    """Restore ``keys`` of the environment as they were, whatever the block set or removed.
+
+    A run that sets the launch variables for itself (TRL's colocated vLLM sets RANK, LOCAL_RANK, WORLD_SIZE
+    and MASTER_*; :func:`deepspeed_session` sets them all) must not leave them behind: a later run in the
+    same process would take itself for a launched worker (:func:`launched`) and neither launch nor set up
+    its world.
+    """
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def deepspeed_session() -> Iterator[None]:
     """What a DeepSpeed run in this process needs, undone when it ends (a later run starts afresh).
 
@@ -141,23 +161,18 @@ def deepspeed_session() -> Iterator[None]:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     own_world = not launched() and not (dist.is_available() and dist.is_initialized())
-    saved = {k: os.environ.get(k) for k in (*LAUNCH_ENV, DEEPSPEED_SWITCH)}
-    if own_world:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    try:
-        yield
-    finally:
-        unset_hf_deepspeed_config()
-        if own_world and dist.is_available() and dist.is_initialized():
-            import deepspeed.comm
+    with preserved_env((*LAUNCH_ENV, DEEPSPEED_SWITCH)):
+        if own_world:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        try:
+            yield
+        finally:
+            unset_hf_deepspeed_config()
+            if own_world and dist.is_available() and dist.is_initialized():
+                import deepspeed.comm
 
-            deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups of this world
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+                deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups of this world
 
 
 def any_rank(flag: bool, device: Any = "cpu") -> bool:

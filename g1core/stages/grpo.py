@@ -40,6 +40,7 @@ from .. import distributed
 from ..config import GrpoConfig, ModelConfig, Section, TrackingConfig
 from ..gym import answer, rewards
 from ..gym.pool import EnvPool, GameSpec, SampledState, Scored, state_seed
+from ..models import vllm_bridge
 from . import training
 from .training import MetricsSink
 
@@ -275,6 +276,8 @@ def _trainer_class():
         def __init__(self, *args, stream: StateStream, scorer: Scorer, **kwargs):
             super().__init__(*args, **kwargs)
             self.stream, self.scorer = stream, scorer
+            if self.use_vllm:  # one placeholder per screen for vLLM to expand, and its prompts checked
+                vllm_bridge.guard_generation(self.vllm_generation, self.processing_class.image_token_id)
             self._split = defaultdict(float)  # seconds (and tokens) of the RL step under way
             self._mark: float | None = None  # when it began
 
@@ -401,6 +404,8 @@ class GrpoRun(training.TrainingRun):
     ):
         super().__init__(cfg, cfg.grpo, output_uri, progress, on_metrics, work_dir)
         self.start_model = start_model or cfg.model.name_or_path
+        self.vllm = False  # generation on a colocated vLLM engine, settled when training starts
+        self.prompt_tokens = 0  # the longest prompt (image tokens included), known once the model loads
 
     # ---- setup ------------------------------------------------------------------------------------
     def start_model_path(self) -> str:
@@ -415,14 +420,17 @@ class GrpoRun(training.TrainingRun):
 
         m = self.cfg.model
         budget = PixelBudget(m.pixels.min_pixels, m.pixels.max_pixels)
-        dtype = "float32" if m.dtype == "auto" else m.dtype  # fp32 master weights; bf16 runs as autocast
-        model, processor = load_model(
-            self.start_model_path(), dtype=dtype, device=self.device(), budget=budget
-        )
+        start = self.start_model_path()
+        model, processor = load_model(start, dtype=self.weights_dtype(), device=self.device(), budget=budget)
         processor.tokenizer.padding_side = "left"  # TRL appends answers after left-padded prompts
-        for spec in self.pool.specs:
-            preflight(processor, self.s.gym.screen_size, self.pool.scratch(spec).prompt, m.max_prompt_tokens)
         self.processor = processor
+        self.prompt_tokens = max(
+            preflight(processor, self.s.gym.screen_size, self.pool.scratch(spec).prompt, m.max_prompt_tokens)
+            for spec in self.pool.specs
+        )
+        if self.vllm:  # TRL builds the engine (and the KL reference) from this folder: it carries our budget
+            folder = vllm_bridge.budgeted_model_folder(start, processor, self.local / "vllm-model")
+            model.config._name_or_path = str(folder)
         return self.prepare_model(model)
 
     def _training_args(self):
@@ -436,8 +444,6 @@ class GrpoRun(training.TrainingRun):
                 f"grpo: a step's {answers} answers (states_per_step * num_generations) do not split into "
                 f"forward passes of batch_size={s.batch_size} on {world} processes"
             )
-        vllm = use_vllm(s.use_vllm)
-        extra = {"vllm_mode": "colocate", "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization}
         return TrlGRPOConfig(
             **self.common_args(),
             **s.recipe(),
@@ -454,9 +460,47 @@ class GrpoRun(training.TrainingRun):
             shuffle_dataset=False,  # the stream is already random; in order, a resume continues it exactly
             disable_dropout=True,
             log_completions=False,
-            use_vllm=vllm,
-            **(extra if vllm else {}),
+            model_init_kwargs=self._reference_init(),
+            use_vllm=self.vllm,
+            **(self._vllm_args() if self.vllm else {}),
         )
+
+    def memory_workload(self) -> dict[str, Any]:
+        s = self.s
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "answer_tokens": s.max_new_tokens,
+            "reference": self._reference_present(),
+            "generated_sequences": s.states_per_step * s.num_generations // self.world,
+            "vllm_share": s.vllm_gpu_memory_utilization if self.vllm else 0.0,
+            "vllm_sleeps": self.vllm and s.vllm_sleep_mode,
+        }
+
+    def _reference_present(self) -> bool:
+        """Whether TRL builds a KL reference model: not at beta 0, nor with LoRA (the adapters switch off)."""
+        return self.s.recipe()["beta"] != 0 and self.s.lora.r == 0
+
+    def _vllm_args(self) -> dict[str, Any]:
+        """TRL's colocated-vLLM settings: the context the prompts and answers need (vLLM's default is the
+        model's whole 128k context, whose KV cache for one sequence alone overflows the memory share), the
+        share, sleep during the update, and the image placeholder never sampled."""
+        s = self.s
+        return {
+            "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": s.vllm_gpu_memory_utilization,
+            "vllm_max_model_length": self.cfg.model.max_prompt_tokens + s.max_new_tokens,
+            "vllm_enable_sleep_mode": s.vllm_sleep_mode,
+            "generation_kwargs": vllm_bridge.suppress_image_token(self.processor.image_token_id),
+        }
+
+    def _reference_init(self) -> dict[str, Any] | None:
+        """TRL's ``model_init_kwargs``: with a model instance passed, TRL reads them for the KL reference
+        model alone, loading it in the policy's dtype unless they name one (fp32 weights under bf16 autocast
+        would then give the reference an fp32 copy too)."""
+        if not self._reference_present():
+            return None
+        dtype = self.reference_dtype()
+        return {"dtype": dtype} if dtype != self.weights_dtype() else None
 
     # ---- run --------------------------------------------------------------------------------------
     def run(self) -> GrpoResult:
@@ -478,6 +522,7 @@ class GrpoRun(training.TrainingRun):
     def _train(self) -> GrpoResult:
         self.setup_process()
         s = self.s
+        self.vllm = use_vllm(s.use_vllm)
         self.pool = training_pool(s)
         model = self._load_model()
         resume = self.restore_checkpoint()
@@ -486,10 +531,16 @@ class GrpoRun(training.TrainingRun):
             self.pool, s.steps * s.states_per_step, s.seed, s.game_weights, cache_rows=2 * s.states_per_step
         )
         scorer = Scorer(stream, list(rewards.REWARDS))
-        args = self._training_args()
-        self.world = args.world_size
         throughput, mirror, cooldown = training.callbacks()
-        with distributed.deepspeed_session() if self.ds_config else nullcontext():
+        own_world = not distributed.launched()
+        # the launch variables TRL's vLLM sets are undone at the end (a later run here must not take itself
+        # for a launched worker); the arguments are built inside the DeepSpeed session, as SFT's: building
+        # them sets up accelerate's process state, which must see the session's one-process world
+        session = distributed.deepspeed_session() if self.ds_config else nullcontext()
+        with distributed.preserved_env(), session:
+            args = self._training_args()
+            self.world = args.world_size
+            self.log_memory_plan(model)
             trainer = _trainer_class()(
                 model=model,
                 reward_funcs=scorer.reward_functions(),
@@ -505,6 +556,8 @@ class GrpoRun(training.TrainingRun):
             trainer.train(resume_from_checkpoint=resume)
             seconds = self.training_time()
             model_uri = self.save_final(trainer, self.processor)
+            if self.vllm:
+                vllm_bridge.release(trainer.vllm_generation, own_world)
         state = trainer.state
         history = [e["g1_step"] for e in state.log_history if "g1_step" in e]
         result = GrpoResult(

@@ -437,16 +437,20 @@ class SftRun(training.TrainingRun):
 
         m = self.cfg.model
         budget = PixelBudget(m.pixels.min_pixels, m.pixels.max_pixels)
-        dtype = "float32" if m.dtype == "auto" else m.dtype  # fp32 master weights; bf16 runs as autocast
         model, self.processor = load_model(
-            resolve_model(m.name_or_path), dtype=dtype, device=self.device(), budget=budget
+            resolve_model(m.name_or_path), dtype=self.weights_dtype(), device=self.device(), budget=budget
         )
-        for image_size, prompt in {(tuple(r["image_size"]), r["prompt"]) for r in self.train + self.heldout}:
-            preflight(self.processor, image_size, prompt, m.max_prompt_tokens)
+        prompts = {(tuple(r["image_size"]), r["prompt"]) for r in self.train + self.heldout}
+        self.prompt_tokens = max(
+            preflight(self.processor, size, prompt, m.max_prompt_tokens) for size, prompt in prompts
+        )
         answers = {r["answer"] for r in self.train}  # the mix repeats rows: each answer tokenized once
-        longest = max(len(self.processor.tokenizer(a)["input_ids"]) for a in answers)
-        self.max_new_tokens = self.s.eval_max_new_tokens or longest + 16
+        self.answer_tokens = max(len(self.processor.tokenizer(a)["input_ids"]) for a in answers)
+        self.max_new_tokens = self.s.eval_max_new_tokens or self.answer_tokens + 16
         return self.prepare_model(model)
+
+    def memory_workload(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "answer_tokens": self.answer_tokens}
 
     def _training_args(self):
         from trl import SFTConfig as TrlSFTConfig
@@ -524,6 +528,7 @@ class SftRun(training.TrainingRun):
         throughput, mirror, cooldown = training.callbacks()
         args = self._training_args()
         self.world = args.world_size
+        self.log_memory_plan(model)
         trainer = _trainer_class()(
             model=model,
             args=args,

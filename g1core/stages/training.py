@@ -177,6 +177,7 @@ class TrainingRun:
         self.main = distributed.rank() == 0  # rank 0 alone uploads, writes the outputs and reports metrics
         self.world = 1  # training processes, known once the Trainer's arguments are built
         self.ds_config: dict | None = None
+        self.bf16 = False  # bf16 mixed precision, settled by setup_process
 
     # ---- bookkeeping ------------------------------------------------------------------------------
     def emit(self, metrics: dict[str, float], step: int) -> None:
@@ -253,6 +254,61 @@ class TrainingRun:
             return "cpu"
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
 
+    def weights_dtype(self) -> str:
+        """The dtype the trained weights load in (``model.dtype``, or for ``auto`` the one they train in).
+
+        bf16 under DeepSpeed: its engine casts the module to bf16 anyway and keeps the fp32 master weights in
+        the optimizer's shards, so an fp32 load only doubles the host and GPU memory of loading (a 7B model:
+        33 GB instead of 17 per process). fp32 otherwise: without DeepSpeed the weights are the optimizer's
+        master copy, and bf16 weights would lose updates smaller than their precision (at lr 1e-6, most)."""
+        chosen = self.cfg.model.dtype
+        if chosen != "auto":
+            return chosen
+        return "bfloat16" if self.bf16 and self.ds_config else "float32"
+
+    def reference_dtype(self) -> str:
+        """The dtype of a frozen copy of the start model (GRPO's KL reference): bf16 when training in bf16,
+        since it never trains, else the weights' own."""
+        return "bfloat16" if self.bf16 else self.weights_dtype()
+
+    def memory_workload(self) -> dict[str, Any]:
+        """The stage's part of its memory estimate (:class:`memory.Workload` fields: lengths, generation)."""
+        return {}
+
+    def log_memory_plan(self, model):
+        """Log the estimated GPU memory per GPU of this run (:mod:`g1core.stages.memory`); warn when the
+        GPU is too small. Call it once the Trainer's arguments (and so the number of processes) are known."""
+        import torch
+
+        from ..models.loading import DTYPES
+        from . import memory
+
+        def size(dtype: str) -> int:
+            return DTYPES[dtype].itemsize
+
+        gpu = None
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / memory.GIB
+        work = memory.Workload(
+            world=self.world,
+            zero_stage=distributed.zero_stage(self.ds_config),
+            weight_bytes=2 if self.bf16 and self.ds_config else size(self.weights_dtype()),
+            batch_size=self.s.batch_size,
+            gradient_checkpointing=self.s.gradient_checkpointing,
+            reference_bytes=size(self.reference_dtype()),
+            **self.memory_workload(),
+        )
+        estimate = memory.plan(memory.ModelShape.of(model), work, gpu)
+        if self.main:
+            log.info("%s: %s", self.stage, estimate.summary())
+            if estimate.fits is False:
+                log.warning(
+                    "%s may run out of GPU memory (estimated peak %.1f GiB of %.1f): lower batch_size, turn "
+                    "on gradient_checkpointing, use deepspeed=zero3 or GRPO's vllm_sleep_mode (docs/gpu.md)",
+                    self.stage, estimate.peak, gpu,
+                )  # fmt: skip
+        return estimate
+
     def prepare_model(self, model):
         """The stage's options on a loaded model: a frozen vision tower (the merger still trains), LoRA."""
         if self.s.freeze_vision:
@@ -285,6 +341,7 @@ class TrainingRun:
             distributed.disable_cpu_op_builds()
             if distributed.zero_stage(self.ds_config) == 3 and self.s.lora.r > 0:
                 raise ValueError(f"{self.stage}.lora.r > 0 with a ZeRO-3 {field}: not supported, use zero2")
+        self.bf16 = use_bf16(self.s.bf16, self.stage)
         cores = max(1, (os.cpu_count() or 1) // distributed.local_world_size())
         torch.set_num_threads(self.s.threads or cores)
 
@@ -303,7 +360,7 @@ class TrainingRun:
             "max_grad_norm": s.max_grad_norm,
             "seed": s.seed,
             "data_seed": s.seed,
-            "bf16": use_bf16(s.bf16, self.stage),
+            "bf16": self.bf16,
             "use_cpu": not torch.cuda.is_available(),
             "deepspeed": self.ds_config,
             "activation_checkpointing": s.gradient_checkpointing,
