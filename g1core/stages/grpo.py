@@ -268,9 +268,21 @@ class Scorer:
 
 
 # ---- the trainer -----------------------------------------------------------------------------------------
+class _ReferenceKwargsUsed(logging.Filter):
+    """Drops TRL's warning that ``model_init_kwargs`` are ignored beside a model instance: TRL still builds
+    the KL reference model from them (GRPOTrainer.__init__, "Reference model"), which is why we pass them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "model_init_kwargs" not in record.getMessage()
+
+
 def _trainer_class():
     """``GRPOTrainer`` that records the step's time split and our per-step metrics beside TRL's."""
     from trl import GRPOTrainer
+
+    trl_log = logging.getLogger(GRPOTrainer.__module__)
+    if not any(isinstance(f, _ReferenceKwargsUsed) for f in trl_log.filters):
+        trl_log.addFilter(_ReferenceKwargsUsed())
 
     class G1GRPOTrainer(GRPOTrainer):
         def __init__(self, *args, stream: StateStream, scorer: Scorer, **kwargs):
