@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
 export DS_BUILD_OPS := 0
 
-.PHONY: install run test bench lint lock clean
+.PHONY: install run test bench gpu-check lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/g1 gym bench --json
+
+# SFT and GRPO's GPU paths on the tiny model (docs/gpu.md); on a CPU-only machine its no-GPU mode. Where a
+# folder .whl holds the wheels of `python images/build.py gpu-check-wheels` and no .venv exists (a GPU machine
+# without network, that has python3 with a CUDA torch), it installs them beside that torch and uses it.
+# Results: $OUT/gpu-check.json (default out/gpu-check/).
+WHEEL_SITE := /tmp/g1-gpu-check-site
+gpu-check:
+	@if [ -d .whl ] && [ ! -x $(BIN)/python ]; then \
+	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(WHEEL_SITE) .whl/*.whl \
+	  && PYTHONPATH=$(WHEEL_SITE):$(CURDIR) $(PYTHON) -m g1core.cli gpu-check; \
+	else \
+	  $(MAKE) --no-print-directory install && $(BIN)/g1 gpu-check; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check g1core components pipelines tests images/build.py

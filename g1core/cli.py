@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(sub)
     sub.set_defaults(fn=cmd_pipeline_submit, config="g1-paper")
 
-    for module in ("g1core.models.tiny", "g1core.stack", "g1core.bench_sft"):
+    for module in ("g1core.models.tiny", "g1core.stack", "g1core.bench_sft", "g1core.gpu_check"):
         try:
             import_module(module).register_cli(top)
         except ModuleNotFoundError as err:  # an optional part that is not installed

@@ -7,10 +7,15 @@ commands so that nobody retypes a tag or a base image by hand::
     python images/build.py build --push              # build and push every image
     python images/build.py build --image g1-gpu --push
     python images/build.py lock-gpu                  # rewrite images/g1-gpu/constraints-gpu.txt
+    python images/build.py gpu-check-wheels          # .whl/: what `make gpu-check` needs on a bare GPU box
 
 ``lock-gpu`` resolves the g1 package with its extras and the image's extra requirements against
 constraints.txt (less the pins the image cannot use) from PyPI, without installing anything, and writes
 every resolved version. It must run on linux x86_64 with CPython 3.11, the image's platform.
+
+``gpu-check-wheels`` downloads (and for DeepSpeed, which PyPI serves as source only, builds) the wheels the
+GPU check needs on a machine that has Python, a CUDA torch, transformers' hub client and accelerate but no
+network (docs/gpu.md): the packages of :data:`GPU_CHECK_WHEELS` at constraints.txt's versions, about 20 MB.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import re
 import shlex
@@ -34,6 +40,14 @@ log = logging.getLogger("g1.images")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 IMAGES_FILE = REPO_ROOT / "images" / "images.yaml"
 IMAGE_FIELDS = ("image", "stages", "context", "dockerfile", "platforms", "constraints", "build_args")
+# What `make gpu-check` installs on a GPU machine without network, beside the torch, accelerate, hub
+# client, tokenizers, numpy, pandas and pyarrow it has: TRL and DeepSpeed with what they need that such an
+# image lacks, the pinned transformers, and what g1core itself imports (configs, the gym)
+GPU_CHECK_WHEELS = (
+    "transformers", "trl", "datasets", "dill", "multiprocess", "deepspeed", "hjson", "pydantic",
+    "pydantic-core", "annotated-types", "typing-inspection", "gymnasium", "farama-notifications",
+)  # fmt: skip
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 
 
 def canonical(name: str) -> str:
@@ -183,6 +197,38 @@ def cmd_lock_gpu(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_check_wheels(args: argparse.Namespace) -> int:
+    """Download the GPU check's wheels for ``--python`` on linux x86_64 into ``--dest`` (emptied first)."""
+    pins = read_pins(REPO_ROOT / "constraints.txt")
+    missing = [name for name in GPU_CHECK_WHEELS if canonical(name) not in pins]
+    if missing:
+        raise ValueError(f"constraints.txt pins no version of {', '.join(missing)}")
+    dest = Path(args.dest)
+    for old in dest.glob("*.whl"):
+        old.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
+    source_only = {"deepspeed"}  # built here without its C++ ops (DS_BUILD_OPS=0): a pure-Python wheel
+    wanted = [f"{name}=={pins[canonical(name)]}" for name in GPU_CHECK_WHEELS if name not in source_only]
+    pip = [sys.executable, "-m", "pip"]
+    download = [*pip, "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest)]
+    download += ["--python-version", args.python, "--implementation", "cp"]
+    for tag in PLATFORMS:
+        download += ["--platform", tag]
+    subprocess.run([*download, *wanted], check=True)
+    build = [*pip, "wheel", "--no-deps", "--wheel-dir", str(dest)]
+    build += [f"{name}=={pins[canonical(name)]}" for name in sorted(source_only)]
+    subprocess.run(build, check=True, env={**os.environ, "DS_BUILD_OPS": "0"})
+    wheels = sorted(dest.glob("*.whl"))
+    size = sum(w.stat().st_size for w in wheels) / 2**20
+    log.info(
+        "%d wheels, %.1f MiB, in %s: carry it to the GPU machine and run `make gpu-check` there",
+        len(wheels),
+        size,
+        dest,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -196,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     relock = sub.add_parser("lock-gpu", help="rewrite the lock of the images that have their own")
     relock.add_argument("--image", action="append", help="only this image (repeatable)")
     relock.set_defaults(fn=cmd_lock_gpu)
+    wheels = sub.add_parser(
+        "gpu-check-wheels", help="the wheels `make gpu-check` installs on a bare GPU machine"
+    )
+    wheels.add_argument(
+        "--dest", default=str(REPO_ROOT / ".whl"), help="folder for the wheels (default .whl)"
+    )
+    wheels.add_argument("--python", default="3.12", help="the GPU machine's Python version (default 3.12)")
+    wheels.set_defaults(fn=cmd_gpu_check_wheels)
     return parser
 
 

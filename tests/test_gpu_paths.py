@@ -267,3 +267,20 @@ def test_the_estimate_shards_with_zero_stages(qwen7b):
     assert parts[1]["gradients"] == 8 * parts[2]["gradients"]
     assert parts[2]["weights"] == 8 * parts[3]["weights"]
     assert parts[1]["optimizer"] == pytest.approx(qwen7b.trainable * 12 / 8 / memory.GIB)  # fp32 master + 2
+
+
+# ---- the GPU check, in its CPU mode ----------------------------------------------------------------------
+def test_gpu_check_runs_its_plain_setup_in_cpu_mode(tmp_path):
+    import json
+
+    from g1core import gpu_check
+
+    report = gpu_check.run_check(tmp_path / "out", tmp_path / "work", ["plain"])
+    assert report["ok"] and report["mode"].startswith("cpu") and not report["bf16"]
+    assert json.loads((tmp_path / "out" / "gpu-check.json").read_text()) == report
+    results = report["results"]
+    assert set(results) == {"sft/plain", "grpo/plain", "grpo/vllm"}
+    for name in ("sft/plain", "grpo/plain"):  # stopped after step 1, resumed from its checkpoint, saved
+        assert results[name]["resumed_from_step"] == 1 and results[name]["final_model_dtype"] == "float32"
+    assert results["grpo/plain"]["step_s"] > 0 and results["grpo/vllm"]["skipped"] == "no GPU"
+    assert "every path ran" in gpu_check.summary(report, tmp_path / "out" / "gpu-check.json")
