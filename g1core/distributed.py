@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import envvars
 from .config import CONFIG_DIR, DEEPSPEED_PRESETS
 
 log = logging.getLogger(__name__)
@@ -128,24 +129,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def preserved_env(keys: tuple[str, ...] = LAUNCH_ENV) -> Iterator[None]:
-    """Restore ``keys`` of the environment as they were, whatever the block set or removed.
+def preserved_env(keys: tuple[str, ...] = LAUNCH_ENV):
+    """Restore ``keys`` of the environment (the launch variables by default) as they were before the block.
 
     A run that sets the launch variables for itself (TRL's colocated vLLM sets RANK, LOCAL_RANK, WORLD_SIZE
     and MASTER_*; :func:`deepspeed_session` sets them all) must not leave them behind: a later run in the
     same process would take itself for a launched worker (:func:`launched`) and neither launch nor set up
     its world.
     """
-    saved = {k: os.environ.get(k) for k in keys}
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return envvars.preserved(keys)
 
 
 @contextmanager

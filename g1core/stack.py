@@ -25,10 +25,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import envvars
 from .errors import G1Error
 
 log = logging.getLogger(__name__)
@@ -328,19 +328,7 @@ def start_mlflow(
     )
 
 
-@contextlib.contextmanager
-def environ(overrides: dict[str, str]) -> Iterator[None]:
-    """Temporarily set environment variables (restored afterwards, also on error)."""
-    saved = {key: os.environ.get(key) for key in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+environ = envvars.set_for_block  # set environment variables for a block (restored afterwards, also on error)
 
 
 def s3_env(endpoint: str, access_key: str, secret_key: str) -> dict[str, str]:

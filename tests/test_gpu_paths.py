@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_grpo import _cfg as grpo_cfg
 
 from g1core import distributed
 from g1core.config import load_config
@@ -101,20 +102,8 @@ def test_the_folder_vllm_reads_carries_our_pixel_budget(processor, tmp_path):
 
 # ---- 2-4. what our trainer passes to TRL for vLLM ------------------------------------------------------
 def _cfg(**grpo_fields):
-    base = {
-        "gym": {"games": ["2048"], "screen_size": list(SCREEN)},
-        "steps": 1,
-        "states_per_step": 2,
-        "num_generations": 2,
-        "batch_size": 2,
-        "max_new_tokens": 24,
-        "learning_rate": 1e-3,
-        "checkpoint_every": 1,
-        "threads": 1,
-    }
-    pixels = {"min_pixels": BUDGET.min_pixels, "max_pixels": BUDGET.max_pixels}
-    model = {"pixels": pixels, "max_prompt_tokens": 300}
-    return grpo.GrpoRunConfig.model_validate({"model": model, "grpo": {**base, **grpo_fields}})
+    """test_grpo's small GRPO run (2 states x 2 answers of 24 tokens, BUDGET's pixels), one step long."""
+    return grpo_cfg(**{"steps": 1, **grpo_fields})
 
 
 def test_vllm_settings_reach_trls_config(processor, tmp_path):
@@ -122,7 +111,7 @@ def test_vllm_settings_reach_trls_config(processor, tmp_path):
     run.vllm, run.processor = True, processor  # as on a GPU with vllm installed
     args = run._training_args()
     assert args.use_vllm and args.vllm_mode == "colocate" and args.vllm_enable_sleep_mode
-    assert args.vllm_max_model_length == 300 + 24  # max_prompt_tokens + max_new_tokens, not 128k
+    assert args.vllm_max_model_length == 4096 + 24  # max_prompt_tokens + max_new_tokens, not 128k
     assert args.vllm_gpu_memory_utilization == 0.25
     assert args.generation_kwargs == {"logit_bias": {processor.image_token_id: -100.0}}
     plain = grpo.GrpoRun(_cfg(), "x", work_dir=tmp_path)._training_args()  # HF generate: TRL suppresses it

@@ -140,7 +140,8 @@ def budgeted_model_folder(source: str, processor, dest: str | Path) -> Path:
 
 def release(generation: Any, own_world: bool) -> None:
     """Free a colocated engine: its model runner's weights, KV cache and allocator pools, and vLLM's
-    parallel groups; with ``own_world`` (no launcher set up torch.distributed: vLLM did) its world too."""
+    parallel groups; with ``own_world`` (neither a launcher nor a DeepSpeed session set up torch.distributed:
+    vLLM did) that world too."""
     llm = getattr(generation, "llm", None)
     if llm is None:
         return

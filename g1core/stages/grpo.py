@@ -441,7 +441,8 @@ class GrpoRun(training.TrainingRun):
             for spec in self.pool.specs
         )
         if self.vllm:  # TRL builds the engine (and the KL reference) from this folder: it carries our budget
-            folder = vllm_bridge.budgeted_model_folder(start, processor, self.local / "vllm-model")
+            own = self.local / f"vllm-model-rank{distributed.rank()}"  # the node's ranks each write their own
+            folder = vllm_bridge.budgeted_model_folder(start, processor, own)
             model.config._name_or_path = str(folder)
         return self.prepare_model(model)
 
@@ -544,7 +545,8 @@ class GrpoRun(training.TrainingRun):
         )
         scorer = Scorer(stream, list(rewards.REWARDS))
         throughput, mirror, cooldown = training.callbacks()
-        own_world = not distributed.launched()
+        # no launcher and no DeepSpeed session: a colocated vLLM sets up the torch.distributed world itself
+        vllm_world = not distributed.launched() and not self.ds_config
         # the launch variables TRL's vLLM sets are undone at the end (a later run here must not take itself
         # for a launched worker); the arguments are built inside the DeepSpeed session, as SFT's: building
         # them sets up accelerate's process state, which must see the session's one-process world
@@ -569,7 +571,7 @@ class GrpoRun(training.TrainingRun):
             seconds = self.training_time()
             model_uri = self.save_final(trainer, self.processor)
             if self.vllm:
-                vllm_bridge.release(trainer.vllm_generation, own_world)
+                vllm_bridge.release(trainer.vllm_generation, vllm_world)
         state = trainer.state
         history = [e["g1_step"] for e in state.log_history if "g1_step" in e]
         result = GrpoResult(
