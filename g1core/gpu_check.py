@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from . import envvars
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +173,9 @@ def check_vllm(root: Path) -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no GPU"}
     if importlib.util.find_spec("vllm") is None:
-        return {"skipped": "vllm is not installed (its ~315 MB wheel does not fit the 64 MiB a lent GPU "
-                "machine is given; run this check in the g1-gpu image to cover it)"}  # fmt: skip
+        return {
+            "skipped": "vllm is not installed (pip install 'g1[gpu]', or run this check in the g1-gpu image)"
+        }
     from .stages import grpo
 
     cfg = _grpo_cfg(use_vllm="on", steps=1, vllm_gpu_memory_utilization=0.3, vllm_sleep_mode=True)
@@ -205,16 +209,23 @@ def _attempt(results: dict, name: str, fn) -> None:
 
 
 def run_check(out: Path, work: Path, setups: list[str] | None = None) -> dict[str, Any]:
-    """Every check, into ``out/gpu-check.json``; returns what it wrote."""
+    """Every check, into ``out/gpu-check.json``; returns what it wrote. The tiny model and the data set are
+    kept in ``work`` for a later check; the runs start afresh each time."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "runs", ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    with envvars.set_for_block({"G1_WORK_DIR": str(work)}):  # the tiny model is built there
+        return _run_checks(out, work, setups)
+
+
+def _run_checks(out: Path, work: Path, setups: list[str] | None) -> dict[str, Any]:
     import torch
 
     from .config import load_config
     from .policies import resolve_model
     from .stages import distill
 
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ["G1_WORK_DIR"] = str(work)  # the tiny model is built there
+    runs = work / "runs"
     gpu = torch.cuda.is_available()
     report: dict[str, Any] = {"mode": "gpu" if gpu else "cpu (no GPU: fp32, no vLLM)", "versions": versions()}
     report["nvidia_smi"] = nvidia_smi()
@@ -230,11 +241,11 @@ def run_check(out: Path, work: Path, setups: list[str] | None = None) -> dict[st
     results: dict[str, Any] = {}
     for name in setups or list(SETUPS):
         deepspeed = SETUPS[name]
-        _attempt(results, f"sft/{name}", lambda d=deepspeed, n=name: check_sft(work / "sft" / n, data, d))
-        _attempt(results, f"grpo/{name}", lambda d=deepspeed, n=name: check_grpo(work / "grpo" / n, d))
-    _attempt(results, "grpo/vllm", lambda: check_vllm(work / "vllm"))
+        _attempt(results, f"sft/{name}", lambda d=deepspeed, n=name: check_sft(runs / "sft" / n, data, d))
+        _attempt(results, f"grpo/{name}", lambda d=deepspeed, n=name: check_grpo(runs / "grpo" / n, d))
+    _attempt(results, "grpo/vllm", lambda: check_vllm(runs / "vllm"))
     if gpu:
-        _attempt(results, "grpo/plain-on-cpu", lambda: cpu_grpo_step(work / "cpu"))
+        _attempt(results, "grpo/plain-on-cpu", lambda: cpu_grpo_step(runs / "cpu"))
         on_gpu, on_cpu = results.get("grpo/plain", {}), results["grpo/plain-on-cpu"]
         if on_gpu.get("ok") and on_cpu.get("ok"):
             report["grpo_step_speedup_gpu_over_cpu"] = round(on_cpu["step_s"] / on_gpu["step_s"], 2)
@@ -286,7 +297,6 @@ def _cpu_step_main(root: str) -> int:
     """``python -m g1core.gpu_check --cpu-step DIR``: the plain GRPO timing run, printed as JSON."""
     from .stages import grpo
 
-    os.environ.setdefault("G1_WORK_DIR", str(Path(root).parent))
     result = grpo.run(_grpo_cfg(), str(Path(root) / "out"), progress=False, work_dir=Path(root) / "work")
     sys.stdout.write(json.dumps({"steps": result.steps, **_step_times(result)}) + "\n")
     return 0

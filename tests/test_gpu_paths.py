@@ -264,7 +264,9 @@ def test_gpu_check_runs_its_plain_setup_in_cpu_mode(tmp_path):
 
     from g1core import gpu_check
 
+    before = os.environ.get("G1_WORK_DIR")
     report = gpu_check.run_check(tmp_path / "out", tmp_path / "work", ["plain"])
+    assert os.environ.get("G1_WORK_DIR") == before  # its tiny model's folder is not left to later runs
     assert report["ok"] and report["mode"].startswith("cpu") and not report["bf16"]
     assert json.loads((tmp_path / "out" / "gpu-check.json").read_text()) == report
     results = report["results"]
