@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
 export DS_BUILD_OPS := 0
 
-.PHONY: install run test bench gpu-check lint lock clean
+.PHONY: install run test bench gpu-check images lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/g1 gym bench --json
+
+# The g1-cpu image built here from its Dockerfile with podman, on a Debian-package Python base made here
+# (images/podman_build.py); Debian's podman, runc and debootstrap are installed first when missing (as root).
+# An unchanged tree finds its image by content tag. out/images-local.yaml names the local tags.
+IMAGE_TOOLS := podman runc debootstrap
+images: $(STAMP)
+	@missing=$$(for t in $(IMAGE_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	$(BIN)/python images/build.py build --engine podman --local-base --image g1-cpu --images-file out/images-local.yaml
 
 # SFT and GRPO's GPU paths on the tiny model (docs/gpu.md); on a CPU-only machine its no-GPU mode. Where a
 # folder .whl holds the wheels of `python images/build.py gpu-check-wheels` and no .venv exists (a GPU machine

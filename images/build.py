@@ -116,6 +116,8 @@ def _selected(data: dict, only: list[str] | None) -> dict[str, dict]:
 def cmd_build(args: argparse.Namespace) -> int:
     """Build (and push) the selected images, or only print the commands with --dry-run."""
     data = load_images(args.file)
+    if args.engine == "podman":
+        return _build_with_podman(data, args)
     for name, spec in _selected(data, args.image).items():
         cmd = buildx_command(name, spec, args.push)
         if args.dry_run:
@@ -123,6 +125,28 @@ def cmd_build(args: argparse.Namespace) -> int:
             continue
         log.info("building %s: %s", name, shlex.join(cmd))
         subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+    return 0
+
+
+def _build_with_podman(data: dict, args: argparse.Namespace) -> int:
+    """Build the selected images here with podman (images/podman.py); with ``--images-file``, write a copy
+    of images.yaml whose images are the local tags (for G1_IMAGES_FILE: components then run in them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import podman_build as podman  # beside this script
+
+    if args.push or args.dry_run:
+        raise ValueError("--engine podman builds local images only (no --push, no --dry-run)")
+    local = dict(data, images={k: dict(v) for k, v in data["images"].items()})
+    for name, spec in _selected(data, args.image).items():
+        local["images"][name]["image"] = podman.build(name, spec, args.local_base, args.rebuild)
+    if args.images_file:
+        Path(args.images_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.images_file).write_text(yaml.safe_dump(local, sort_keys=False))
+        log.info(
+            "wrote %s: run the pipeline in these images with G1_IMAGES_FILE=%s",
+            args.images_file,
+            args.images_file,
+        )
     return 0
 
 
@@ -238,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--image", action="append", help="only this image (repeatable)")
     build.add_argument("--push", action="store_true", help="push to the registry instead of --load")
     build.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    build.add_argument(
+        "--engine", choices=["buildx", "podman"], default="buildx", help="docker buildx, or podman here"
+    )
+    build.add_argument(
+        "--local-base",
+        action="store_true",
+        help="podman: a Debian-package Python base made here instead of the registry's (podman_build.py)",
+    )
+    build.add_argument(
+        "--rebuild", action="store_true", help="podman: build even when the content tag exists"
+    )
+    build.add_argument("--images-file", help="podman: write images.yaml with the built local tags here")
     build.set_defaults(fn=cmd_build)
     relock = sub.add_parser("lock-gpu", help="rewrite the lock of the images that have their own")
     relock.add_argument("--image", action="append", help="only this image (repeatable)")

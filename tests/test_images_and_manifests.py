@@ -39,15 +39,16 @@ KUSTOMIZE_DIRS = sorted(p.parent for p in MANIFESTS.rglob(KUSTOMIZATION))
 DOCKERFILES = sorted(IMAGES_DIR.glob("*/Dockerfile"))
 
 
-def _load_build_module():
-    """images/build.py is a script, not a package module: load it from its path."""
-    spec = importlib.util.spec_from_file_location("g1_images_build", IMAGES_DIR / "build.py")
+def _load_script(name: str):
+    """images/*.py are scripts, not package modules: load one from its path."""
+    spec = importlib.util.spec_from_file_location(f"g1_images_{name}", IMAGES_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-build = _load_build_module()
+build = _load_script("build")
+podman_build = _load_script("podman_build")
 IMAGES = build.load_images()
 CONSTRAINTS = build.read_pins(REPO / "constraints.txt")
 
@@ -339,7 +340,9 @@ def test_dockerfile_matches_images_yaml_and_rules(dockerfile: Path) -> None:
         assert "--no-cache-dir" in pip, pip
         torch_only = re.search(r'--index-url "\$\{TORCH_INDEX_URL\}" "torch==\$\{TORCH_VERSION\}"$', pip)
         assert torch_only or " -c " in pip, f"pip install without the constraints: {pip}"
-    assert any(f"source={spec['constraints']}," in run for run in runs), "the image's lock is not used"
+    copies = [a.split() for i, a in instructions if i == "COPY" and "--from=" not in a]
+    brought = {words[-1] for words in copies if spec["constraints"] in words[:-1]}  # where it lands
+    assert any(f" -c {dest} " in run for dest in brought for run in runs), "the image's lock is not used"
     for pkg, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][\w.]*)", dockerfile.read_text()):
         assert CONSTRAINTS.get(build.canonical(pkg)) == version, (
             f"{pkg}=={version} disagrees with constraints"
@@ -358,7 +361,10 @@ def test_build_context_holds_what_the_build_needs(dockerfile: Path) -> None:
     needed = packages | {"pyproject.toml", pyproject["project"]["readme"]}
     text = " ".join(a for i, a in dockerfile_instructions(dockerfile) if i in ("RUN", "COPY"))
     needed |= set(re.findall(r"--mount=type=bind,source=([^,\s]+),", text))
-    needed |= {s.rstrip("/") for s in re.findall(r"COPY --chown=\S+ (\S+) ", text)}
+    for instruction, args in dockerfile_instructions(dockerfile):
+        words = [w for w in args.split() if not w.startswith("--")]
+        if instruction == "COPY" and "--from=" not in args:  # its sources come from the build context
+            needed |= {w.rstrip("/") for w in words[:-1] if w != "."}  # "." is the allowlist itself
     for path in needed:
         assert path in allowed, f"{rel(dockerfile)}.dockerignore keeps {path} out of the build context"
         assert (REPO / path).exists(), f"{rel(dockerfile)} needs {path}, which does not exist"
@@ -525,3 +531,32 @@ def test_s3_and_mlflow_manifests_run_for_real(tmp_path: Path) -> None:
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+# ---- local builds with podman (images/podman_build.py) ----------------------------------------------------
+def test_debian_mirror_is_read_from_apts_own_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n"
+    )
+    assert podman_build.debian_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text("deb [arch=amd64] http://other.example/debian bookworm main\n")
+    assert podman_build.debian_mirror(tmp_path) == "http://other.example/debian"
+    (tmp_path / "sources.list").unlink()
+    with pytest.raises(RuntimeError, match="no Debian mirror"):
+        podman_build.debian_mirror(tmp_path)
+
+
+def test_content_tag_follows_what_decides_the_image() -> None:
+    spec = IMAGES["images"]["g1-cpu"]
+    files = {str(p) for p in podman_build.context_files(spec)}
+    assert "g1core/config.py" in files and "constraints.txt" in files and "images/images.yaml" in files
+    assert not any(f.startswith(("tests/", "pipelines/compiled/", "manifests/")) for f in files)
+    args = dict(spec["build_args"])
+    tag = podman_build.content_tag("g1-cpu", spec, args, "base-1")
+    assert tag == podman_build.content_tag("g1-cpu", spec, dict(args), "base-1")  # unchanged tree: same tag
+    assert re.fullmatch(r"localhost/g1-cpu:0\.1\.0-[0-9a-f]{12}", tag)
+    assert tag != podman_build.content_tag("g1-cpu", spec, args, "base-2")
+    assert tag != podman_build.content_tag("g1-cpu", spec, {**args, "TORCH_VERSION": "0"}, "base-1")
