@@ -165,7 +165,7 @@ def cmd_pipeline_run(args) -> int:
         raise ValueError("only --local runs are started from here; use 'g1 pipeline submit' for a cluster")
     from pipelines.local import run_local
 
-    print(run_local(args.config, args.overrides, args.work_dir))
+    print(run_local(args.config, args.overrides, args.work_dir, args.containers, args.images_file))
     return 0
 
 
@@ -275,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = pipe_cmds.add_parser("run", help="run the whole DAG on this machine with kfp.local")
     run.add_argument("--local", action="store_true", help="required: run here, not on a cluster")
     run.add_argument("--work-dir", default=None, help="where artifacts, MLflow and KFP outputs go")
+    run.add_argument(
+        "--containers",
+        action="store_true",
+        help="every stage in its image (make images), artifacts in S3 and runs in MLflow (g1 stack up)",
+    )
+    run.add_argument("--images-file", default=None, help="--containers: images.yaml with local tags")
     _config_args(run)
     run.set_defaults(fn=cmd_pipeline_run)
     sub = pipe_cmds.add_parser("submit", help="start a run on a Kubeflow Pipelines server")
