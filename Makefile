@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
 export DS_BUILD_OPS := 0
 
-.PHONY: install run test bench gpu-check images lint lock clean
+.PHONY: install run test test-containers bench gpu-check images lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ images: $(STAMP)
 	@missing=$$(for t in $(IMAGE_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 	$(BIN)/python images/build.py build --engine podman --local-base --image g1-cpu --images-file out/images-local.yaml
+
+# Every stage in its container (tests/test_containers.py): the image above, then the local-tiny DAG with each
+# stage in it (artifacts in S3, runs in MLflow), the pod's hygiene inside the image, and a training stage's
+# container killed mid-run and started again.
+test-containers: images
+	G1_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q tests/test_containers.py
 
 # SFT and GRPO's GPU paths on the tiny model (docs/gpu.md); on a CPU-only machine its no-GPU mode. Where a
 # folder .whl holds the wheels of `python images/build.py gpu-check-wheels` and no .venv exists (a GPU machine
