@@ -136,3 +136,47 @@ def test_a_killed_training_container_resumes_from_s3_and_ends_with_the_same_weig
         result = json.loads(storage.read_bytes(storage.join(killed, "result.json")))
         assert result["resumed_from_step"] == int(first.split("-")[-1]) > 0
         assert _weights_hash(killed) == _weights_hash(whole)
+
+
+def test_a_stage_whose_s3_goes_away_fails_naming_it_and_a_rerun_completes(image, mlflow_server, tmp_path):
+    from g1core import stack
+
+    data, access, secret = tmp_path / "s3", "t" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    server = stack.start_seaweedfs(data, stack.free_port(), access, secret, log_path=tmp_path / "weed.log")
+    url = f"http://{stack.HOST}:{server.ports['s3.port']}"
+    env = {**stack.s3_env(url, access, secret), "MLFLOW_TRACKING_URI": mlflow_server}
+    env["G1_ARTIFACT_ROOT"] = "s3://outage/run"
+    run_id, name = "outage-" + secrets.token_hex(3), "g1-outage-" + secrets.token_hex(3)
+    stage = ["g1", "sft", "--config", "local-tiny", "--run-id", run_id, "--set", "sft.samples=512"]
+    uri = f"s3://outage/run/g1-local/{run_id}/sft"
+    try:
+        stack.create_bucket("outage", env)
+        _podman(*_run_args(env), image, "g1", "distill", "--config", "local-tiny", "--run-id", run_id)
+        kept = [a for a in _run_args(env, name) if a != "--rm"]  # kept, to read its exit code and log
+        _podman(*kept, "--detach", image, *stage)
+        with _env(env):
+            deadline = time.monotonic() + 600
+            while not storage.exists(storage.join(uri, "checkpoints", "LATEST")):
+                assert time.monotonic() < deadline, "no checkpoint appeared"
+                time.sleep(0.5)
+        server.stop()  # S3 goes away under the running stage
+        code = int(_podman("wait", name, timeout=600).stdout.strip())
+        log_text = _podman("logs", name).stdout + _podman("logs", name).stderr
+        assert code != 0, log_text[-3000:]
+        assert url.removeprefix("http://") in log_text, log_text[-3000:]  # the error names the endpoint
+    finally:
+        _podman("rm", "--force", name, check=False)
+        server.stop()
+    ports = {k: v for k, v in server.ports.items() if k != "s3.port"}
+    server = stack.start_seaweedfs(
+        data, server.ports["s3.port"], access, secret, ports, tmp_path / "weed2.log"
+    )
+    try:
+        with _env(env):
+            assert not storage.exists(storage.join(uri, "result.json"))  # the failed run is not taken as done
+        _podman(*_run_args(env), image, *stage, timeout=900)  # the retry
+        with _env(env):
+            result = json.loads(storage.read_bytes(storage.join(uri, "result.json")))
+        assert result["resumed_from_step"] > 0 and result["steps"] == 32
+    finally:
+        server.stop()
