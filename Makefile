@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
 export DS_BUILD_OPS := 0
 
-.PHONY: install run test test-containers bench gpu-check images lint lock clean
+.PHONY: install run test test-containers bench bench-containers gpu-check images lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ images: $(STAMP)
 test-containers: images
 	G1_CONTAINER_TESTS=1 $(BIN)/python -m pytest -q tests/test_containers.py
 
+# Figures of the containers path (docs/containers.md): cold and warm build, image size, the local-tiny DAG in
+# containers beside the same DAG as host processes, on one S3 and MLflow stack.
+bench-containers: images
+	$(BIN)/python images/bench.py --cold
+
 # SFT and GRPO's GPU paths on the tiny model (docs/gpu.md); on a CPU-only machine its no-GPU mode. Where a
 # folder .whl holds the wheels of `python images/build.py gpu-check-wheels` and no .venv exists (a GPU machine
 # without network, that has python3 with a CUDA torch), it installs them beside that torch and uses it.
@@ -59,8 +64,8 @@ gpu-check:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check g1core components pipelines tests images/build.py
-	$(BIN)/ruff format --check g1core components pipelines tests images/build.py
+	$(BIN)/ruff check g1core components pipelines tests images/*.py
+	$(BIN)/ruff format --check g1core components pipelines tests images/*.py
 	$(BIN)/hadolint images/*/Dockerfile
 	$(BIN)/g1 pipeline compile --out .compiled-check >/dev/null && diff -r .compiled-check pipelines/compiled; \
 	  status=$$?; rm -rf .compiled-check; exit $$status

@@ -163,8 +163,11 @@ def content_tag(name: str, spec: dict, build_args: dict[str, str], base_id: str)
     return f"localhost/{name}:{spec['build_args'].get('G1_VERSION', 'dev')}-{digest.hexdigest()[:12]}"
 
 
-def build(name: str, spec: dict, use_local_base: bool = True, rebuild: bool = False) -> str:
-    """Build ``name`` from its Dockerfile with podman (unless its content tag exists); returns the tag."""
+def build(
+    name: str, spec: dict, use_local_base: bool = True, rebuild: bool = False, no_cache: bool = False
+) -> str:
+    """Build ``name`` from its Dockerfile with podman (unless its content tag exists); returns the tag.
+    ``no_cache``: reuse no layer of an earlier build (the base image is kept)."""
     require_tools("podman", "runc")
     args = dict(spec["build_args"])
     if use_local_base:
@@ -181,7 +184,7 @@ def build(name: str, spec: dict, use_local_base: bool = True, rebuild: bool = Fa
         return tag
     with tempfile.TemporaryDirectory(prefix="g1-build-") as tmp:
         cmd = ["build", "--network", "host", "--pull=never", "--tag", tag, "--file", spec["dockerfile"]]
-        cmd += ["--ignorefile", spec["dockerfile"] + ".dockerignore"]
+        cmd += ["--ignorefile", spec["dockerfile"] + ".dockerignore"] + (["--no-cache"] if no_cache else [])
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         pip_conf = ["[global]"]
