@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import logging
 import os
 import re
@@ -33,6 +34,8 @@ from mlflow.utils.validation import (  # noqa: E402
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
+
+from .errors import G1Error  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,11 @@ class Tracker:
         if self._db is None:
             self.client = MlflowClient(tracking_uri=self.uri)
             return
+        if importlib.util.find_spec("sqlalchemy") is None:  # mlflow-skinny alone: a client, no SQL store
+            raise G1Error(
+                f"MLflow tracking to {self.uri} needs MLflow's SQL store (pip install 'g1[stack]'); in a "
+                "stage image, set MLFLOW_TRACKING_URI to the tracking server (config map g1-settings)"
+            )
         # the client builds/migrates the database schema; parallel stages would race on that
         self._db.parent.mkdir(parents=True, exist_ok=True)
         with open(self._db.with_name(self._db.name + ".lock"), "w") as lock:

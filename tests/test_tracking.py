@@ -232,3 +232,19 @@ def test_model_is_recorded_by_reference(uri, experiment, tmp_path):
     if uri.startswith("sqlite:///"):  # and on disk: the artifact store next to the database holds no weights
         store = Path(uri[len("sqlite:///") :]).parent / "mlflow-artifacts"
         assert not [p for p in store.rglob("*") if p.is_file() and p.stat().st_size >= 10_000]
+
+
+def test_a_sqlite_store_without_mlflows_sql_store_is_a_clear_error(tmp_path, monkeypatch):
+    """The stage images hold mlflow-skinny (a client without the SQL store): local sqlite tracking there
+    says what to do instead of failing deep inside MLflow."""
+    import importlib.util
+
+    from g1core.errors import G1Error
+    from g1core.tracking import Tracker
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sqlalchemy" else real(name, *a)
+    )
+    with pytest.raises(G1Error, match=r"g1\[stack\].*MLFLOW_TRACKING_URI"):
+        Tracker("x", f"sqlite:///{tmp_path / 'mlflow.db'}")
