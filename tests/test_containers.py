@@ -22,10 +22,11 @@ import pytest
 import yaml
 
 from g1core import storage
+from pipelines.containers import CONTAINERS_CONF, TMPFS
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_FILE = REPO / "out" / "images-local.yaml"
-PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(REPO / "images" / "containers.conf")}
+PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("G1_CONTAINER_TESTS") != "1",
@@ -56,7 +57,7 @@ def _podman(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedPro
 def _run_args(env: dict[str, str], name: str | None = None) -> list[str]:
     """``podman run`` as a pod runs a stage: the image's user, read-only root, tmpfs HOME and /tmp."""
     args = ["run", "--rm", "--network", "host", "--read-only"]
-    args += ["--tmpfs", "/home/g1:rw,size=8g,U", "--tmpfs", "/tmp:rw,size=8g,U"]
+    args += [arg for path, options in TMPFS.items() for arg in ("--tmpfs", f"{path}:{options}")]
     args += [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
     return args + (["--name", name] if name else [])
 
