@@ -20,6 +20,23 @@ def test_four_different_photos_per_class():
             assert len(codes) == 4 and len(set(codes.tolist())) == 4  # same class, different pictures
 
 
+def test_shipped_digits_are_scikit_learns_first_scans_of_each_class():
+    """assets/digits_8x8.npz is the UCI digits exactly as scikit-learn bundles them, not a lookalike."""
+    import gzip
+    from pathlib import Path
+
+    sklearn = pytest.importorskip("sklearn")
+    with gzip.open(Path(sklearn.__file__).parent / "datasets" / "data" / "digits.csv.gz", "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    labels = table[:, 64].astype(int)
+    tiles = photos.load_digits()
+    for k in range(10):
+        scans = table[labels == k, :64][: tiles.variants].reshape(-1, 8, 8)
+        expected = (scans * (255 / 16)).round().astype(np.uint8)
+        assert np.array_equal(tiles.photos[k, ..., 0], expected)
+        assert len({p.tobytes() for p in tiles.photos[k]}) == tiles.variants  # all different scans
+
+
 def test_tiles_match_by_class_not_by_picture():
     env = make_small("shisen-sho-cifar10")
     env.reset(seed=0)

@@ -2,16 +2,15 @@
 
 - ``load_cifar10(path)`` reads the standard "CIFAR-10 python version" folder (``cifar-10-batches-py``
   with ``batches.meta`` and pickled ``test_batch`` / ``data_batch_*`` files) -- the paper's tiles.
-- ``load_digits()`` is the offline default: scikit-learn's bundled copy of the UCI handwritten digits
-  (10 classes, ~180 different 8x8 scans each, CC BY 4.0), read straight from the installed package's
-  data file. CIFAR-10 itself cannot be fetched where this project is built and tested, so tests and CI
-  use the digits; give ``tiles=<path to cifar-10-batches-py>`` for the real thing.
+- ``load_digits()`` is the offline default: the UCI handwritten digits (10 classes, CC BY 4.0), the
+  first 32 8x8 scans of each class as scikit-learn bundles them, shipped with g1 (``assets/digits_8x8.npz``,
+  8 KB, so that no stage image carries scikit-learn and scipy for them). CIFAR-10 itself cannot be fetched
+  where this project is built and tested, so tests and CI use the digits; give
+  ``tiles=<path to cifar-10-batches-py>`` for the real thing.
 """
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import logging
 import pickle
 from functools import lru_cache
@@ -95,25 +94,17 @@ def load_cifar10(path: str) -> PhotoTiles:
     return PhotoTiles(names, _by_class(data, labels, len(names), str(folder)), f"cifar10:{folder}")
 
 
-def _digits_file() -> Path:
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the default Shisen-Sho-Cifar10 tiles come from scikit-learn's digits; install scikit-learn "
-            "or pass tiles=<path to cifar-10-batches-py>"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+DIGITS_FILE = Path(__file__).parent / "assets" / "digits_8x8.npz"
+DIGITS_LEVELS = 16  # the scans' grey levels run 0..16
 
 
 @lru_cache(maxsize=1)
 def load_digits() -> PhotoTiles:
-    """The offline default: scikit-learn's handwritten digits, 8x8 grey scans shown as RGB tiles."""
-    with gzip.open(_digits_file(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",")
-    grey = (table[:, :64].reshape(-1, 8, 8) * (255 / 16)).round().astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    labels = table[:, 64].astype(int)
-    return PhotoTiles(DIGIT_NAMES, _by_class(rgb, labels, 10, "digits"), "digits")
+    """The offline default: handwritten digits, 8x8 grey scans shown as RGB tiles."""
+    with np.load(DIGITS_FILE, allow_pickle=False) as data:
+        scans = data["scans"]  # (10 classes, 32 scans, 8, 8), levels 0..16
+    grey = (scans.astype(np.float64) * (255 / DIGITS_LEVELS)).round().astype(np.uint8)
+    return PhotoTiles(DIGIT_NAMES, np.repeat(grey[..., None], 3, axis=-1), "digits")
 
 
 def load_tiles(tiles: str) -> PhotoTiles:
