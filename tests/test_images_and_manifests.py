@@ -560,3 +560,17 @@ def test_content_tag_follows_what_decides_the_image() -> None:
     assert re.fullmatch(r"localhost/g1-cpu:0\.1\.0-[0-9a-f]{12}", tag)
     assert tag != podman_build.content_tag("g1-cpu", spec, args, "base-2")
     assert tag != podman_build.content_tag("g1-cpu", spec, {**args, "TORCH_VERSION": "0"}, "base-1")
+
+
+def test_stage_image_compiles_bytecode_for_what_the_stages_import_only() -> None:
+    """g1-cpu installs without bytecode, then imports g1core.warm_imports' list so that Python writes the
+    bytecode of those modules alone; that list must import here as in the image, or the build fails."""
+    runs = [a for i, a in dockerfile_instructions(IMAGES_DIR / "g1-cpu" / "Dockerfile") if i == "RUN"]
+    pips = [part for run in runs for part in run.split("&&") if "pip install" in part]
+    assert pips and all("--no-compile" in pip for pip in pips), pips
+    assert any("python -m g1core.warm_imports" in run for run in runs)
+    done = subprocess.run(
+        [sys.executable, "-m", "g1core.warm_imports"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"warm_imports: \d+ modules loaded", done.stderr)
