@@ -132,6 +132,11 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     sft_run = client.get_run(by_stage["sft"])
     assert [m.step for m in client.get_metric_history(sft_run.info.run_id, "train.loss")] == [1, 2]
     assert {"heldout.perception_exact", "train.tokens_per_s", "tokens_per_s"} <= set(sft_run.data.metrics)
+    # local-tiny's 112x112 screens at its 112x112 minimum pixel budget: 4 x 4 merged patches per screen
+    assert sft_run.data.metrics["tokens/image_per_prompt"] == 16
+    assert sft_run.data.metrics["tokens/prompt_max"] > 16 and sft_run.data.metrics["tokens/answer_max"] > 0
+    for stage, run_id in by_stage.items():  # every stage's peak memory: the figure a pod's request needs
+        assert 0.1 < client.get_run(run_id).data.metrics["memory/peak_host_gib"] < 24, stage
     assert sft_run.data.tags["g1.input.dataset_uri"] == str(run_dir / "distill")
     assert sft_run.data.tags["g1.model_uri"] == str(model)
     logged = client.get_logged_model(sft_run.data.tags["g1.model_id"])
@@ -144,6 +149,7 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     evaluate_run = client.get_run(by_stage["evaluate"])
     assert evaluate_run.data.tags["g1.input.models.sft"] == str(model)
     assert "2048/sft-tiny/mean" in evaluate_run.data.metrics
+    assert evaluate_run.data.metrics["sft-tiny/usage/image_tokens_max"] == 16
     stored = [p for p in (tmp_path / "mlflow-artifacts").rglob("*") if p.is_file()]
     assert stored and not [p for p in stored if p.suffix == ".safetensors" or p.stat().st_size > 100_000]
     parents = client.search_runs(

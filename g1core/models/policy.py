@@ -20,7 +20,15 @@ from PIL import Image
 from g1core.gym.policies import Policy, batch_seed
 
 from .budget import PixelBudget
-from .loading import apply_budget, build_inputs, load_model, load_processor, preflight, render_prompt
+from .loading import (
+    apply_budget,
+    build_inputs,
+    count_image_tokens,
+    load_model,
+    load_processor,
+    preflight,
+    render_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +178,22 @@ class HFPolicy(Policy):
         self.tokens_per_s = 0.0
         self.generated_tokens = 0
         self.generate_seconds = 0.0
+        self.image_tokens_max = 0  # the most image tokens a screen shown so far cost
+        self.prompt_tokens_max = (
+            0  # the longest prompt shown so far (image tokens included; when preflighted)
+        )
 
     def stats(self) -> dict[str, float]:
-        """Generation counters for metrics."""
-        return {
+        """Generation counters and the largest prompt seen, for metrics."""
+        out = {
             "tokens_per_s": self.tokens_per_s,
             "generated_tokens": float(self.generated_tokens),
             "generate_seconds": self.generate_seconds,
+            "image_tokens_max": float(self.image_tokens_max),
         }
+        if self.prompt_tokens_max:
+            out["prompt_tokens_max"] = float(self.prompt_tokens_max)
+        return out
 
     def _observe(self, env) -> tuple[np.ndarray, str]:
         """The env's screen and prompt, checked (and preflighted when ``max_prompt_tokens`` is set)."""
@@ -185,8 +201,12 @@ class HFPolicy(Policy):
         if frame is None:
             raise ValueError(f"{type(env).__name__} rendered no frame: make it with render_mode='rgb_array'")
         prompt = env.unwrapped.prompt
+        self.image_tokens_max = max(
+            self.image_tokens_max, count_image_tokens(self.processor, frame.shape[:2])
+        )
         if self.max_prompt_tokens is not None:
-            preflight(self.processor, frame.shape[:2], prompt, self.max_prompt_tokens)
+            total = preflight(self.processor, frame.shape[:2], prompt, self.max_prompt_tokens)
+            self.prompt_tokens_max = max(self.prompt_tokens_max, total)
         return frame, prompt
 
     def check(self, env) -> None:

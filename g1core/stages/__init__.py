@@ -149,7 +149,7 @@ def run_stage(
                     step=step,
                 )
             # final numbers at that step, so the histories streamed during the stage end on them
-            run.log_metrics(module.metrics(result), step=step, model_id=model_id)
+            run.log_metrics({**module.metrics(result), **_peak_memory(stage)}, step=step, model_id=model_id)
             with tempfile.TemporaryDirectory() as tmp:
                 for name in REPORT_FILES.get(stage, ()) + _plots(stage, uri):
                     source = storage.join(uri, name)
@@ -161,6 +161,20 @@ def run_stage(
     if finish_pipeline:
         tracker.finish_pipeline(pipeline_run_id, "FINISHED")
     return uri
+
+
+def _peak_memory(stage: str) -> dict[str, float]:
+    """The stage's peak host (and GPU) memory, logged and returned as metrics."""
+    from .memory import peak_gpu_memory_gib, peak_host_memory_gib
+
+    out = {"memory/peak_host_gib": peak_host_memory_gib()}
+    gpu = peak_gpu_memory_gib()
+    if gpu is not None:
+        out["memory/peak_gpu_gib"] = gpu
+    log.info(
+        "stage %s: peak memory %s", stage, ", ".join(f"{k.split('/')[1]} {v:.2f} GiB" for k, v in out.items())
+    )
+    return out
 
 
 def _takes(fn, name: str) -> bool:

@@ -428,7 +428,7 @@ class GrpoRun(training.TrainingRun):
 
     def _load_model(self):
         from ..models.budget import PixelBudget
-        from ..models.loading import load_model, preflight
+        from ..models.loading import count_image_tokens, load_model, preflight
 
         m = self.cfg.model
         budget = PixelBudget(m.pixels.min_pixels, m.pixels.max_pixels)
@@ -440,6 +440,7 @@ class GrpoRun(training.TrainingRun):
             preflight(processor, self.s.gym.screen_size, self.pool.scratch(spec).prompt, m.max_prompt_tokens)
             for spec in self.pool.specs
         )
+        self.image_tokens = count_image_tokens(processor, self.s.gym.screen_size)
         if self.vllm:  # TRL builds the engine (and the KL reference) from this folder: it carries our budget
             own = self.local / f"vllm-model-rank{distributed.rank()}"  # the node's ranks each write their own
             folder = vllm_bridge.budgeted_model_folder(start, processor, own)

@@ -130,3 +130,22 @@ def plan(shape: ModelShape, work: Workload, gpu_gib: float | None = None) -> Mem
     generation = static + parts["vllm"] + parts["generation_cache"]
     update = static + parts["activations"] + (0.0 if w.vllm_sleeps else parts["vllm"])
     return MemoryPlan(parts, generation, update, gpu_gib)
+
+
+def peak_host_memory_gib() -> float:
+    """The most resident memory (RSS, GiB) this process, or any one of its finished child processes (a
+    training launch's workers), has held so far: the figure to set a pod's memory request from."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) * 1024 / GIB  # ru_maxrss is in KiB on Linux
+
+
+def peak_gpu_memory_gib() -> float | None:
+    """The most GPU memory torch allocated in this process (GiB), or None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / GIB

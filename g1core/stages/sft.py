@@ -432,7 +432,7 @@ class SftRun(training.TrainingRun):
 
     def _load_model(self):
         from ..models.budget import PixelBudget
-        from ..models.loading import load_model, preflight
+        from ..models.loading import count_image_tokens, load_model, preflight
         from ..policies import resolve_model
 
         m = self.cfg.model
@@ -444,6 +444,7 @@ class SftRun(training.TrainingRun):
         self.prompt_tokens = max(
             preflight(self.processor, size, prompt, m.max_prompt_tokens) for size, prompt in prompts
         )
+        self.image_tokens = max(count_image_tokens(self.processor, size) for size, _ in prompts)
         answers = {r["answer"] for r in self.train}  # the mix repeats rows: each answer tokenized once
         self.answer_tokens = max(len(self.processor.tokenizer(a)["input_ids"]) for a in answers)
         self.max_new_tokens = self.s.eval_max_new_tokens or self.answer_tokens + 16

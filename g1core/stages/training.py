@@ -178,6 +178,7 @@ class TrainingRun:
         self.world = 1  # training processes, known once the Trainer's arguments are built
         self.ds_config: dict | None = None
         self.bf16 = False  # bf16 mixed precision, settled by setup_process
+        self.image_tokens = 0  # image tokens of the largest screen, known once the model loads
 
     # ---- bookkeeping ------------------------------------------------------------------------------
     def emit(self, metrics: dict[str, float], step: int) -> None:
@@ -299,7 +300,20 @@ class TrainingRun:
             **self.memory_workload(),
         )
         estimate = memory.plan(memory.ModelShape.of(model), work, gpu)
+        self.emit(
+            {
+                "tokens/image_per_prompt": float(self.image_tokens),
+                "tokens/prompt_max": float(work.prompt_tokens),
+                "tokens/answer_max": float(work.answer_tokens),
+                "memory/estimate_gpu_peak_gib": estimate.peak,
+            },
+            0,
+        )
         if self.main:
+            log.info(
+                "%s: prompts of up to %d tokens (%d image tokens per screen), answers of up to %d tokens",
+                self.stage, work.prompt_tokens, self.image_tokens, work.answer_tokens,
+            )  # fmt: skip
             log.info("%s: %s", self.stage, estimate.summary())
             if estimate.fits is False:
                 log.warning(
