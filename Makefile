@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
 export DS_BUILD_OPS := 0
 
-.PHONY: install run test test-containers bench bench-containers gpu-check images lint lock clean
+.PHONY: install run test test-containers bench bench-containers paper-shapes gpu-check images lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ test-containers: images
 # containers beside the same DAG as host processes, on one S3 and MLflow stack.
 bench-containers: images
 	$(BIN)/python images/bench.py --cold
+
+# The g1-paper preset at its own shapes (840x640 screens, its pixel budget, all four games, 8,192-token prompts
+# and answers) through every stage in containers, with the tiny model, the oracle teacher and cut step counts
+# (images/paper_shapes.py lists each change). Image tokens per prompt and peak memory per stage:
+# out/paper-shapes.json.
+paper-shapes: images
+	$(BIN)/python images/paper_shapes.py
 
 # SFT and GRPO's GPU paths on the tiny model (docs/gpu.md); on a CPU-only machine its no-GPU mode. Where a
 # folder .whl holds the wheels of `python images/build.py gpu-check-wheels` and no .venv exists (a GPU machine
