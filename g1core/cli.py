@@ -118,6 +118,16 @@ def cmd_gym_bench(args) -> int:
     return 0
 
 
+def cmd_gym_fetch_cifar10(args) -> int:
+    from g1core.gym.photos import CIFAR10_MD5, CIFAR10_URL, fetch_cifar10
+
+    source = args.source or CIFAR10_URL
+    md5 = args.md5 or (CIFAR10_MD5 if source == CIFAR10_URL else None)
+    wrote = fetch_cifar10(args.to, source, md5)
+    log.info("%s: %s", args.to, "CIFAR-10 written" if wrote else "already there, nothing to do")
+    return 0
+
+
 def add_set_flag(p, help: str) -> None:
     """``--set KEY=VALUE`` (repeatable, into ``args.overrides``): config fields over a command's defaults."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
@@ -126,6 +136,28 @@ def add_set_flag(p, help: str) -> None:
 def _config_args(p) -> None:
     p.add_argument("--config", default="local-tiny", help="a YAML file or a preset (local-tiny, g1-paper)")
     add_set_flag(p, "override a config field, e.g. distill.states_per_game=10 (repeatable)")
+
+
+def _pod_setting_args(p) -> None:
+    """What differs between clusters (pipelines.g1_pipeline.PodSettings)."""
+    p.add_argument("--kfp-backend", default="2.15", help="the KFP backend version it runs on (2.5 or newer)")
+    p.add_argument(
+        "--gpu-node-selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="node label of GPU stages",
+    )
+    p.add_argument(
+        "--gpu-toleration",
+        action="append",
+        default=None,
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="taint GPU stages tolerate (default nvidia.com/gpu:NoSchedule; give '' for none)",
+    )
+    p.add_argument("--image-pull-secret", action="append", default=[], help="secret for a private registry")
+    p.add_argument("--sft-gpus", type=int, default=8, help="GPUs of the SFT pod (one node)")
+    p.add_argument("--grpo-gpus", type=int, default=8, help="GPUs of each GRPO pod (one node)")
 
 
 def _run_id(args) -> str:
@@ -152,10 +184,29 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def _pod_settings(args):
+    from pipelines.g1_pipeline import PodSettings, Toleration
+    from pipelines.kfp_api import parse_version
+
+    kwargs = {}
+    if args.gpu_node_selector:
+        kwargs["gpu_node_selector"] = tuple(tuple(kv.split("=", 1)) for kv in args.gpu_node_selector)
+        if any(len(kv) != 2 for kv in kwargs["gpu_node_selector"]):
+            raise ValueError("--gpu-node-selector takes KEY=VALUE")
+    if args.gpu_toleration is not None:
+        kwargs["gpu_tolerations"] = tuple(Toleration.parse(t) for t in args.gpu_toleration if t)
+    kwargs["image_pull_secrets"] = tuple(args.image_pull_secret)
+    kwargs["sft_gpus"], kwargs["grpo_gpus"] = args.sft_gpus, args.grpo_gpus
+    version = parse_version(args.kfp_backend)
+    if version is None:
+        raise ValueError(f"--kfp-backend {args.kfp_backend!r}: give a version such as 2.15")
+    return PodSettings.for_backend(version, **kwargs)
+
+
 def cmd_pipeline_compile(args) -> int:
     from pipelines.compile import COMPILED, compile_all
 
-    for path in compile_all(args.out or COMPILED):
+    for path in compile_all(args.out or COMPILED, args.namespace, _pod_settings(args)):
         print(path)
     return 0
 
@@ -169,22 +220,80 @@ def cmd_pipeline_run(args) -> int:
     return 0
 
 
-def cmd_pipeline_submit(args) -> int:
-    import kfp
+def _uploaded(args, client):
+    """Compile with the command's pod settings and upload as a version named by the spec's content."""
+    import tempfile
 
+    from pipelines import kfp_api
+    from pipelines.compile import compile_ir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ir = compile_ir(Path(tmp) / "g1_pipeline.yaml", _pod_settings(args))
+        return kfp_api.upload(client, ir, args.pipeline_name, args.namespace)
+
+
+def cmd_pipeline_upload(args) -> int:
+    from pipelines import kfp_api
+
+    client = kfp_api.connect(args.host, args.namespace)
+    kfp_api.check_backend(kfp_api.backend_info(client), kfp_api.parse_version(args.kfp_backend))
+    uploaded = _uploaded(args, client)
+    print(uploaded.version_name)
+    return 0
+
+
+def cmd_pipeline_submit(args) -> int:
     from g1core.config import config_to_json, load_config
-    from pipelines.g1_pipeline import g1_pipeline
+    from pipelines import kfp_api
 
     cfg = load_config(args.config, args.overrides)
-    client = kfp.Client(host=args.host, namespace=args.namespace)
-    run = client.create_run_from_pipeline_func(
-        g1_pipeline,
-        arguments={"config_json": config_to_json(cfg)},
-        experiment_name=args.experiment,
-        run_name=args.run_name or cfg.name,
+    client = kfp_api.connect(args.host, args.namespace)
+    kfp_api.check_backend(kfp_api.backend_info(client), kfp_api.parse_version(args.kfp_backend))
+    uploaded = _uploaded(args, client)
+    experiment = kfp_api.experiment_id(client, args.experiment, args.namespace)
+    if args.if_idle:
+        running = kfp_api.active_runs(client, experiment, args.namespace)
+        if running:
+            log.info(
+                "not submitting: run(s) %s of experiment %s have not ended",
+                ", ".join(running),
+                args.experiment,
+            )
+            return 0
+    run = client.run_pipeline(
+        experiment_id=experiment,
+        job_name=args.run_name or cfg.name,
+        params={"config_json": config_to_json(cfg)},
+        pipeline_id=uploaded.pipeline_id,
+        version_id=uploaded.version_id,
         service_account=args.service_account,
     )
+    log.info("started run %s of %s in experiment %s", run.run_id, uploaded.version_name, args.experiment)
     print(run.run_id)
+    return 0
+
+
+def cmd_pipeline_schedule(args) -> int:
+    from g1core.config import config_to_json, load_config
+    from pipelines import kfp_api
+
+    cfg = load_config(args.config, args.overrides)
+    client = kfp_api.connect(args.host, args.namespace)
+    kfp_api.check_backend(kfp_api.backend_info(client), kfp_api.parse_version(args.kfp_backend))
+    uploaded = _uploaded(args, client)
+    recurring = kfp_api.schedule(
+        client,
+        uploaded,
+        cron=args.cron,
+        experiment=args.experiment,
+        job_name=args.name or f"{cfg.name}-scheduled",
+        params={"config_json": config_to_json(cfg)},
+        namespace=args.namespace,
+        service_account=args.service_account,
+    )
+    log.info("recurring run %s: %s at %s (KFP cron, seconds first), one at a time",
+             recurring.recurring_run_id, uploaded.version_name, kfp_api.cron6(args.cron))  # fmt: skip
+    print(recurring.recurring_run_id)
     return 0
 
 
@@ -235,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON object per game")
     bench.set_defaults(fn=cmd_gym_bench)
 
+    fetch = gym.add_parser(
+        "fetch-cifar10", help="put CIFAR-10 (python version) where shisen-sho-cifar10's tiles= points"
+    )
+    fetch.add_argument("--to", required=True, help="an S3 URI (what the pipeline reads) or a local folder")
+    fetch.add_argument("--source", default=None, help="the archive's URL or path (default: its authors' URL)")
+    fetch.add_argument("--md5", default=None, help="the archive's checksum (default: the official one)")
+    fetch.set_defaults(fn=cmd_gym_fetch_cifar10)
+
     for stage, text in (
         ("distill", "teacher distillation: the cold-start data set"),
         ("sft", "perception-enhanced SFT (cold start) on the distilled data set"),
@@ -271,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipe_cmds = pipe.add_subparsers(dest="pipeline_command", required=True)
     comp = pipe_cmds.add_parser("compile", help="write the IR YAML and Kubernetes manifests")
     comp.add_argument("--out", default=None, help="folder (default: pipelines/compiled)")
+    comp.add_argument(
+        "--namespace",
+        default="kubeflow",
+        help="namespace of the Pipeline resources (a profile's, multi-user)",
+    )
+    _pod_setting_args(comp)
     comp.set_defaults(fn=cmd_pipeline_compile)
     run = pipe_cmds.add_parser("run", help="run the whole DAG on this machine with kfp.local")
     run.add_argument("--local", action="store_true", help="required: run here, not on a cluster")
@@ -283,14 +406,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--images-file", default=None, help="--containers: images.yaml with local tags")
     _config_args(run)
     run.set_defaults(fn=cmd_pipeline_run)
+
+    def api_args(p, config: bool = True):
+        p.add_argument(
+            "--host", required=True, help="KFP API, e.g. http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+        )
+        p.add_argument("--namespace", default=None, help="your profile namespace (multi-user KFP)")
+        p.add_argument("--pipeline-name", default="g1", help="the KFP pipeline the version goes under")
+        _pod_setting_args(p)
+        if config:
+            p.add_argument("--experiment", default="g1")
+            p.add_argument(
+                "--service-account", default=None, help="pods' service account (g1-pipeline-runner)"
+            )
+            _config_args(p)
+
+    upload = pipe_cmds.add_parser("upload", help="upload the pipeline as a version named by its content")
+    api_args(upload, config=False)
+    upload.set_defaults(fn=cmd_pipeline_upload)
     sub = pipe_cmds.add_parser("submit", help="start a run on a Kubeflow Pipelines server")
-    sub.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
-    sub.add_argument("--namespace", default=None)
-    sub.add_argument("--experiment", default="g1")
+    api_args(sub)
     sub.add_argument("--run-name", default=None)
-    sub.add_argument("--service-account", default=None, help="pods' service account (g1-pipeline-runner)")
-    _config_args(sub)
+    sub.add_argument(
+        "--if-idle", action="store_true", help="start nothing while a run of the experiment has not ended"
+    )
     sub.set_defaults(fn=cmd_pipeline_submit, config="g1-paper")
+    sched = pipe_cmds.add_parser("schedule", help="a KFP recurring run: one run at a time, no catch-up")
+    api_args(sched)
+    sched.add_argument("--cron", required=True, help="e.g. '0 3 * * 1' (5 fields) or KFP's 6 (seconds first)")
+    sched.add_argument(
+        "--name", default=None, help="the recurring run's name (default <config name>-scheduled)"
+    )
+    sched.set_defaults(fn=cmd_pipeline_schedule, config="g1-paper")
 
     for module in ("g1core.models.tiny", "g1core.stack", "g1core.bench_sft", "g1core.gpu_check"):
         try:

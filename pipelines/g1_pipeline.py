@@ -1,20 +1,31 @@
-"""The g1 pipeline, the paper's whole experiment: two branches, then one evaluation.
+"""The g1 pipeline, the paper's whole experiment: two branches, then one evaluation, then the run's status.
 
     base model ──────────────────────────── grpo (G0) ──┐
     base model ── distill ── sft ────────── grpo (G1) ──┴── evaluate (base, G0, SFT, G1, teacher, random)
+    finish (exit handler): the MLflow pipeline run ends FINISHED, FAILED or KILLED as the KFP run did
 
 Each stage is a lightweight KFP component (components/), so the same function runs in a pod and in
 ``kfp.local``. A stage's output URI is the next one's input: sft trains on distill's data set, G1 starts
-from sft's model, and evaluate plays the trained models (``kind: hf, model: sft | g0 | g1``). Pod settings
-(GPUs, secrets, node selectors, /dev/shm, retries) are compiled in from ``STAGE_RESOURCES``; edit them
-there and run ``g1 pipeline compile``. The GPU counts of the SFT and GRPO stages are also pipeline
-parameters (``sft_gpus``, ``grpo_gpus``).
+from sft's model, and evaluate plays the trained models (``kind: hf, model: sft | g0 | g1``).
+
+Pod settings that are the same on every cluster (CPU, memory, GPUs, /dev/shm, retries) are in
+``STAGE_RESOURCES``; those that depend on the cluster (GPUs per training pod, GPU node labels and taints,
+image pull secrets, the KFP backend's version) are a :class:`PodSettings`, set by ``g1 pipeline compile``
+(and ``submit``) flags. GPU counts are compiled in as constants, not pipeline parameters: KFP's driver reads
+a ``resourceCount`` placeholder with ``GetStringValue()``, so an ``int`` parameter resolves to "" and the pod
+gets no GPU limit; backends before 2.4 ignore placeholders there; and kfp 2.17's compiler does not pass a
+parameter used only in ``resourceCount`` into the exit handler's sub-DAG (docs/cluster.md).
+
+No ``from __future__ import annotations`` here: KFP reads the pipeline function's annotations as types.
 """
+
+from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
 from components.distill import distill
 from components.evaluate import evaluate
+from components.finish import finish
 from components.grpo import grpo
 from components.sft import sft
 from g1core.config import config_to_json, load_config
@@ -37,110 +48,172 @@ SETTINGS_CONFIG_MAP = (
     {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "G1_ARTIFACT_ROOT": "G1_ARTIFACT_ROOT"},
 )
 
-# The g1-data volume (manifests/data: CIFAR-10 for shisen-sho-cifar10) is mounted here in every stage.
-DATA_PVC = ("g1-data", "/data")
-
 # A training pod (SFT, GRPO): one 8-GPU node.
-GPU_TRAINING_NODE = {
-    "cpu": "32",
-    "memory": "256G",
-    "gpus": 8,
-    "accelerator": "nvidia.com/gpu",
-    "node_selector": {"nvidia.com/gpu.present": "true"},
-    "shm": "64Gi",
-    "retries": 3,
-}
-# Per stage: CPU/memory requests, GPUs (accelerator type and count), node selector, /dev/shm size.
+GPU_TRAINING_NODE = {"cpu": "32", "memory": "256G", "gpus": 8, "shm": "64Gi", "retries": 3}  # PodSettings
+# Per stage: CPU/memory requests, GPUs, /dev/shm size, retries.
 STAGE_RESOURCES = {
     # retries: a restarted distill pod resumes from its shards (same pipeline run id, same output URI)
-    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "node_selector": {}, "shm": "2Gi", "retries": 3},
+    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "shm": "2Gi", "retries": 3},
     # retries: a killed SFT pod resumes from the checkpoints under its output URI (same run id)
     "sft": dict(GPU_TRAINING_NODE),
     # retries: a killed GRPO pod resumes from its checkpoints, the state stream where it stopped
     "grpo": dict(GPU_TRAINING_NODE),
-    "evaluate": {
-        "cpu": "8",
-        "memory": "64G",
-        "gpus": 1,
-        "accelerator": "nvidia.com/gpu",
-        "node_selector": {"nvidia.com/gpu.present": "true"},
-        "shm": "16Gi",
-    },
+    "evaluate": {"cpu": "8", "memory": "64G", "gpus": 1, "shm": "16Gi"},
+    # the exit handler: a few MLflow calls
+    "finish": {"cpu": "250m", "memory": "1G", "gpus": 0, "retries": 3},
 }
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A pod toleration (``kubectl explain pod.spec.tolerations``)."""
+
+    key: str
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Toleration":
+        """``key``, ``key:Effect``, ``key=value`` or ``key=value:Effect`` (``Equal`` with a value)."""
+        spec, _, effect = text.partition(":")
+        key, eq, value = spec.partition("=")
+        if not key or (effect and effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute")):
+            raise ValueError(f"toleration {text!r}: give key[=value][:NoSchedule|PreferNoSchedule|NoExecute]")
+        return cls(key, "Equal" if eq else "Exists", value if eq else None, effect or None)
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """What differs between clusters, compiled into the pipeline (``g1 pipeline compile --help``)."""
+
+    # GPUs of one SFT pod and of one GRPO pod (one node each): the processes the stage launches.
+    sft_gpus: int = 8
+    grpo_gpus: int = 8
+    # Secrets g1-teacher and g1-hf (and each key of g1-s3, g1-settings) may be missing: needs KFP 2.15+.
+    # On older backends every secret must exist with all its keys (PodSettings.for_backend).
+    optional_secrets: bool = True
+    # Labels a GPU stage's node must carry. None by default: the nvidia.com/gpu limit alone places the pod
+    # on a node that has GPUs; a label such as nvidia.com/gpu.present needs GPU Feature Discovery.
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
+    # Taints a GPU stage tolerates: GPU node pools are commonly tainted nvidia.com/gpu (GKE does it itself,
+    # AKS and EKS recommend it); a toleration of a taint a node does not have changes nothing.
+    gpu_tolerations: tuple[Toleration, ...] = (Toleration(GPU_RESOURCE, "Exists", None, "NoSchedule"),)
+    # Secrets for pulling the stage images from a private registry.
+    image_pull_secrets: tuple[str, ...] = field(default_factory=tuple)
+    # Retry a failed stage as STAGE_RESOURCES says (a retried stage resumes from its outputs). Local runs
+    # turn it off: kfp.local waits out the same backoff (60 s, doubling) before showing the error.
+    retries: bool = True
+
+    @classmethod
+    def for_backend(cls, version: tuple[int, int, int], **kwargs) -> "PodSettings":
+        """Settings a KFP backend of ``version`` can run (see pipelines.kfp_api for the versions)."""
+        from .kfp_api import MIN_BACKEND, OLDEST_BACKEND
+
+        if version < OLDEST_BACKEND:
+            raise ValueError(
+                f"KFP backend {'.'.join(map(str, version))} is too old: g1 needs "
+                f"{'.'.join(map(str, OLDEST_BACKEND))} or newer (task retries; GPU counts as parameters)"
+            )
+        return cls(optional_secrets=version >= MIN_BACKEND, **kwargs)
 
 
 def configure(
-    task: dsl.PipelineTask, stage: str, secrets=(S3_SECRET, HF_SECRET), gpus=None
+    task: dsl.PipelineTask,
+    stage: str,
+    settings: PodSettings,
+    secrets=(S3_SECRET, HF_SECRET),
+    gpus=None,
 ) -> dsl.PipelineTask:
-    """Apply a stage's pod settings to its task; ``gpus`` (e.g. a pipeline parameter) overrides the count."""
+    """Apply a stage's pod settings to its task; ``gpus`` overrides the stage's GPU count."""
     r = STAGE_RESOURCES[stage]
     task.set_cpu_request(r["cpu"]).set_memory_request(r["memory"])
     if r.get("gpus"):
-        task.set_accelerator_type(r["accelerator"]).set_accelerator_limit(gpus or r["gpus"])
-    for key, value in r.get("node_selector", {}).items():
-        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus or r["gpus"])
+        for key, value in settings.gpu_node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for t in settings.gpu_tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
     if r.get("shm"):
         kubernetes.empty_dir_mount(
             task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=r["shm"]
         )
     for name, keys in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=True)
+        kubernetes.use_secret_as_env(
+            task, secret_name=name, secret_key_to_env=keys, optional=settings.optional_secrets
+        )
     kubernetes.use_config_map_as_env(
         task,
         config_map_name=SETTINGS_CONFIG_MAP[0],
         config_map_key_to_env=SETTINGS_CONFIG_MAP[1],
-        optional=True,
+        optional=settings.optional_secrets,
     )
-    kubernetes.mount_pvc(task, pvc_name=DATA_PVC[0], mount_path=DATA_PVC[1])
-    if r.get("retries"):
+    if settings.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
+    if r.get("retries") and settings.retries:
         task.set_retry(num_retries=r["retries"], backoff_duration="60s", backoff_factor=2)
     task.set_caching_options(False)  # stages resume from their own outputs; KFP's cache would skip reruns
     return task
 
 
-@dsl.pipeline(
-    name="g1",
-    description="G1: GRPO from the base model (G0) beside distill -> SFT cold start -> GRPO (G1), then one "
-    "evaluation of base, G0, SFT, G1, the teacher and random (spec §5-7).",
-)
-def g1_pipeline(
-    config_json: str = DEFAULT_CONFIG_JSON,
-    artifact_root: str = "",
-    sft_gpus: int = STAGE_RESOURCES["sft"]["gpus"],
-    grpo_gpus: int = STAGE_RESOURCES["grpo"]["gpus"],
-) -> str:
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    data = distill(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
-    configure(data, "distill", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
-    data.set_display_name("distill")
-    tuned = sft(
-        config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root, dataset_uri=data.output
+def make_pipeline(settings: PodSettings = PodSettings()):  # noqa: B008 (frozen, never mutated)
+    """The g1 pipeline with ``settings`` compiled into its pods."""
+
+    @dsl.pipeline(
+        name="g1",
+        description="G1: GRPO from the base model (G0) beside distill -> SFT cold start -> GRPO (G1), then "
+        "one evaluation of base, G0, SFT, G1, the teacher and random (spec §5-7).",
     )
-    configure(tuned, "sft", gpus=sft_gpus)
-    tuned.set_display_name("sft")
-    g0 = grpo(config_json=config_json, pipeline_run_id=run_id, branch="g0", artifact_root=artifact_root)
-    configure(g0, "grpo", gpus=grpo_gpus)
-    g0.set_display_name("grpo-g0")
-    g1 = grpo(
-        config_json=config_json,
-        pipeline_run_id=run_id,
-        branch="g1",
-        artifact_root=artifact_root,
-        sft_uri=tuned.output,
-    )
-    configure(g1, "grpo", gpus=grpo_gpus)
-    g1.set_display_name("grpo-g1")
-    report = evaluate(
-        config_json=config_json,
-        pipeline_run_id=run_id,
-        artifact_root=artifact_root,
-        sft_uri=tuned.output,
-        g0_uri=g0.output,
-        g1_uri=g1.output,
-    )
-    configure(report, "evaluate", (S3_SECRET, HF_SECRET, TEACHER_SECRET))
-    report.set_display_name("evaluate")
-    return report.output
+    def g1_pipeline(
+        config_json: str = DEFAULT_CONFIG_JSON,
+        artifact_root: str = "",
+    ) -> str:
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        done = finish(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
+        configure(done, "finish", settings, (S3_SECRET,))
+        done.set_display_name("finish")
+        with dsl.ExitHandler(done, name="stages"):
+            data = distill(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
+            configure(data, "distill", settings, (S3_SECRET, HF_SECRET, TEACHER_SECRET))
+            data.set_display_name("distill")
+            tuned = sft(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                artifact_root=artifact_root,
+                dataset_uri=data.output,
+            )
+            configure(tuned, "sft", settings, gpus=settings.sft_gpus)
+            tuned.set_display_name("sft")
+            g0 = grpo(
+                config_json=config_json, pipeline_run_id=run_id, branch="g0", artifact_root=artifact_root
+            )
+            configure(g0, "grpo", settings, gpus=settings.grpo_gpus)
+            g0.set_display_name("grpo-g0")
+            g1 = grpo(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                branch="g1",
+                artifact_root=artifact_root,
+                sft_uri=tuned.output,
+            )
+            configure(g1, "grpo", settings, gpus=settings.grpo_gpus)
+            g1.set_display_name("grpo-g1")
+            report = evaluate(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                artifact_root=artifact_root,
+                sft_uri=tuned.output,
+                g0_uri=g0.output,
+                g1_uri=g1.output,
+            )
+            configure(report, "evaluate", settings, (S3_SECRET, HF_SECRET, TEACHER_SECRET))
+            report.set_display_name("evaluate")
+        return done.output  # the report's URI: outputs come from the top level, where the exit handler is
+
+    return g1_pipeline
 
 
-PIPELINES = {"g1_pipeline": g1_pipeline}
+g1_pipeline = make_pipeline()
+LOCAL_SETTINGS = PodSettings(retries=False)  # `g1 pipeline run --local`
+PIPELINES = {"g1_pipeline": make_pipeline}

@@ -39,10 +39,12 @@ def run_local(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"))
 
-    from .g1_pipeline import g1_pipeline
+    from .g1_pipeline import LOCAL_SETTINGS, make_pipeline
 
     log.info("running pipeline %s locally in %s", cfg.name, work)
-    task = g1_pipeline(config_json=config_to_json(cfg), artifact_root=os.environ["G1_ARTIFACT_ROOT"])
+    task = make_pipeline(LOCAL_SETTINGS)(
+        config_json=config_to_json(cfg), artifact_root=os.environ["G1_ARTIFACT_ROOT"]
+    )
     return task.output
 
 
@@ -69,8 +71,10 @@ def _run_in_containers(cfg, work: Path, images_file: Path) -> str:
         from kfp.local import docker_task_handler
 
         docker_task_handler.run_docker_container = containers.run_container  # reads the exit code
-        from .g1_pipeline import g1_pipeline
+        from .g1_pipeline import LOCAL_SETTINGS, make_pipeline
 
         log.info("running pipeline %s with every stage in a container (outputs in %s)", cfg.name, root)
-        task = g1_pipeline(config_json=config_to_json(cfg), artifact_root=env["G1_ARTIFACT_ROOT"])
+        task = make_pipeline(LOCAL_SETTINGS)(
+            config_json=config_to_json(cfg), artifact_root=env["G1_ARTIFACT_ROOT"]
+        )
         return task.output

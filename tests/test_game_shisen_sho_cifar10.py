@@ -112,3 +112,39 @@ def test_cifar10_errors(tmp_path):
 def test_board_too_big_for_the_classes():
     with pytest.raises(ValueError, match="tile kinds"):
         make_small("shisen-sho-cifar10", size=8)
+
+
+def test_cifar10_from_s3_is_fetched_once_and_read_by_the_game(tmp_path, s3_prefix, monkeypatch):
+    """What a pipeline pod does: `g1 gym fetch-cifar10` puts the folder in S3 (once: a second call finds it),
+    and the game reads tiles=s3://... through a copy in its work folder; no shared volume."""
+    import hashlib
+    import tarfile
+
+    from g1core import storage
+    from g1core.cli import main
+
+    monkeypatch.setenv("G1_WORK_DIR", str(tmp_path / "work"))
+    (tmp_path / "src").mkdir()
+    data, _ = write_cifar(tmp_path / "src" / "cifar-10-batches-py")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    uri = f"{s3_prefix}/datasets/cifar-10-batches-py"
+    with pytest.raises(ValueError, match="checksum"):
+        photos.fetch_cifar10(uri, str(archive), md5="0" * 32)
+    assert not storage.list_uris(uri)  # a wrong checksum writes nothing
+    assert main(["gym", "fetch-cifar10", "--to", uri, "--source", str(archive), "--md5", md5]) == 0
+    assert storage.exists(f"{uri}/batches.meta") and storage.exists(f"{uri}/test_batch")
+    assert photos.fetch_cifar10(uri, str(tmp_path / "absent.tar.gz"), md5) is False  # there: nothing to do
+    photos.load_cifar10.cache_clear()
+    env = make_small("shisen-sho-cifar10", tiles=uri)
+    env.reset(seed=0)
+    assert np.array_equal(env.tiles.photos[0, 0], data[0].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert list((tmp_path / "work" / "datasets").iterdir())  # the pod's local copy
+
+
+def test_cifar10_uri_without_data_names_the_fix(s3_prefix, tmp_path, monkeypatch):
+    monkeypatch.setenv("G1_WORK_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="fetch|manifests/data"):
+        make_small("shisen-sho-cifar10", tiles=f"{s3_prefix}/nothing-here")

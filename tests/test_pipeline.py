@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from components.images import image_for
@@ -16,6 +17,7 @@ from g1core.stages import run_stage
 from g1core.tracking import runs_table
 from pipelines.compile import COMPILED, compile_all
 from pipelines.g1_pipeline import STAGE_RESOURCES
+from pipelines.kfp_api import version_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,21 +38,33 @@ def test_pod_settings_are_compiled_in():
     g0, g1 = platform["exec-grpo"], platform["exec-grpo-2"]
     assert {s["secretName"] for s in distill["secretAsEnv"]} == {"g1-s3", "g1-hf", "g1-teacher"}
     assert {s["secretName"] for s in sft["secretAsEnv"]} == {"g1-s3", "g1-hf"}
-    for gpu_stage in (evaluate, sft, g0, g1):
-        assert gpu_stage["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    for gpu_stage in (evaluate, sft, g0, g1):  # no GPU node label by default (it needs GPU Feature Discovery)
+        assert "nodeSelector" not in gpu_stage
+        assert gpu_stage["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
         assert gpu_stage["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+        assert all(s["optional"] for s in gpu_stage["secretAsEnv"])  # KFP 2.15+, the default --kfp-backend
+    assert "tolerations" not in distill and not any("pvcMount" in e for e in platform.values())
     assert sft["emptyDirMounts"][0]["sizeLimit"] == STAGE_RESOURCES["sft"]["shm"]
     executors = ir[0]["deploymentSpec"]["executors"]
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert executors["exec-distill"]["container"]["image"].startswith("ghcr.io/")
     assert executors["exec-sft"]["container"]["image"] == image_for("sft") == image_for("evaluate")
     assert executors["exec-grpo"]["container"]["image"] == image_for("grpo")
-    # the SFT pod's GPU count is a pipeline parameter (default from STAGE_RESOURCES)
-    sft_gpus = executors["exec-sft"]["container"]["resources"]["accelerator"]["resourceCount"]
-    assert "sft_gpus" in sft_gpus
-    assert ir[0]["root"]["inputDefinitions"]["parameters"]["sft_gpus"]["defaultValue"] == 8
-    assert ir[0]["root"]["inputDefinitions"]["parameters"]["grpo_gpus"]["defaultValue"] == 8
-    tasks = ir[0]["root"]["dag"]["tasks"]
+    # GPU counts are constants (PodSettings), not placeholders: KFP's driver resolves a resourceCount
+    # placeholder with GetStringValue(), "" for a number, and backends before 2.4 ignore it
+    assert executors["exec-sft"]["container"]["resources"]["accelerator"]["resourceCount"] == "8"
+    assert executors["exec-grpo"]["container"]["resources"]["accelerator"]["resourceCount"] == "8"
+    assert set(ir[0]["root"]["inputDefinitions"]["parameters"]) == {"config_json", "artifact_root"}
+    # every stage runs inside the exit handler; finish runs after them whatever happened, and gives the
+    # pipeline's output (the report's URI)
+    top = ir[0]["root"]["dag"]
+    assert set(top["tasks"]) == {"exit-handler-1", "finish"}
+    assert top["tasks"]["finish"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert top["outputs"]["parameters"]["Output"]["valueFromParameter"]["producerSubtask"] == "finish"
+    assert executors["exec-finish"]["container"]["image"] == image_for("distill")  # g1-cpu
+    tasks = ir[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     for task, stage in (("sft", "sft"), ("grpo", "grpo"), ("grpo-2", "grpo")):
         assert tasks[task]["retryPolicy"]["maxRetryCount"] == STAGE_RESOURCES[stage]["retries"] > 0
     # G0 from the base model beside distill -> sft -> G1; evaluate after both branches, each stage fed
@@ -76,6 +90,8 @@ def test_pod_settings_are_compiled_in():
     }
     k8s = list(yaml.safe_load_all((COMPILED / "g1_pipeline.k8s.yaml").read_text()))
     assert [d["kind"] for d in k8s] == ["Pipeline", "PipelineVersion"]
+    # the version is named by the spec's content: an edited pipeline is a new version, not a changed one
+    assert k8s[1]["metadata"]["name"] == version_name("g1-pipeline", ir)
 
 
 def test_local_kfp_run_of_the_whole_dag(tmp_path):
@@ -213,3 +229,68 @@ def test_embedded_default_is_the_paper_recipe():
 
     default = g1_pipeline.component_spec.inputs["config_json"].default
     assert config_from_json(default) == load_config("g1-paper")
+
+
+def test_a_failed_run_ends_failed_in_mlflow_through_the_exit_handler(s3_server, tmp_path):
+    """Every stage fails (its artifact bucket does not exist): the run exits non-zero, and the exit handler
+    (components/finish) still runs and ends the MLflow pipeline run FAILED, not left RUNNING."""
+    import mlflow
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "G1_WORK_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": db}
+    env["G1_ARTIFACT_ROOT"] = "s3://no-such-bucket-g1/artifacts"
+    cmd = [sys.executable, "-m", "g1core.cli", "pipeline", "run", "--local", "--config", "local-tiny"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "ended FAILED (KFP state FAILED" in done.stdout + done.stderr
+    client = mlflow.MlflowClient(db)
+    experiment = client.get_experiment_by_name("g1-local").experiment_id
+    parents = client.search_runs([experiment], "tags.`g1.role` = 'pipeline'")
+    assert [p.info.status for p in parents] == ["FAILED"]
+    children = client.search_runs([experiment], "tags.`g1.stage` = 'distill'")
+    assert children and all(c.info.status == "FAILED" for c in children)
+
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+OLD_BACKEND_FLAGS = ["--kfp-backend", "2.5", "--gpu-toleration", "gpu=a100:NoExecute"]
+OLD_BACKEND_FLAGS += ["--gpu-node-selector", "pool=gpu", "--image-pull-secret", "regcred", "--sft-gpus", "4"]
+OLD_BACKEND = {
+    "optional": False,
+    "tolerations": [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoExecute"}],
+    "nodeSelector": {"labels": {"pool": "gpu"}},
+    "imagePullSecret": ["regcred"],
+    "gpus": "4",
+}
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], {"optional": True, "tolerations": [GPU_TAINT]}),
+        (OLD_BACKEND_FLAGS, OLD_BACKEND),
+        (["--gpu-toleration", ""], {"optional": True, "tolerations": None}),
+    ],
+)
+def test_compile_takes_the_clusters_settings(tmp_path, flags, expected):
+    from g1core.cli import main
+
+    assert main(["pipeline", "compile", "--out", str(tmp_path), "--namespace", "team-a", *flags]) == 0
+    ir = list(yaml.safe_load_all((tmp_path / "g1_pipeline.yaml").read_text()))
+    sft_pod = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-sft"]
+    assert all(s.get("optional", False) == expected["optional"] for s in sft_pod["secretAsEnv"])
+    assert sft_pod.get("tolerations") == expected["tolerations"]
+    assert sft_pod.get("nodeSelector") == expected.get("nodeSelector")
+    pull = [p["secretName"] for p in sft_pod["imagePullSecret"]] if "imagePullSecret" in sft_pod else None
+    assert pull == expected.get("imagePullSecret")
+    sft_container = ir[0]["deploymentSpec"]["executors"]["exec-sft"]["container"]
+    assert sft_container["resources"]["accelerator"]["resourceCount"] == expected.get("gpus", "8")
+    k8s = list(yaml.safe_load_all((tmp_path / "g1_pipeline.k8s.yaml").read_text()))
+    assert {d["metadata"]["namespace"] for d in k8s} == {"team-a"}
+    assert k8s[1]["metadata"]["name"] == version_name("g1-pipeline", ir)
+
+
+def test_compile_refuses_a_backend_too_old(tmp_path, caplog):
+    from g1core.cli import main
+
+    assert main(["pipeline", "compile", "--out", str(tmp_path), "--kfp-backend", "2.3"]) == 2
+    assert "2.5.0 or newer" in caplog.text

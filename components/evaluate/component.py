@@ -13,14 +13,12 @@ def evaluate(
     sft_uri: str = "",
     g0_uri: str = "",
     g1_uri: str = "",
-    last: bool = True,
 ) -> str:
     """Play every game with every player; returns the URI of the report (results, tables, plots).
 
     ``sft_uri``, ``g0_uri`` and ``g1_uri`` are the training stages' outputs, whose models play as
     ``kind: hf, model: sft | g0 | g1`` (empty: those of the same pipeline run); as inputs they also order
-    this stage after them. ``last`` marks the pipeline's MLflow parent run finished when this stage
-    succeeds.
+    this stage after them. The pipeline's exit handler (components/finish) ends the MLflow parent run.
     """
     import logging
 
@@ -32,6 +30,5 @@ def evaluate(
         config_json,
         pipeline_run_id,
         artifact_root,
-        finish_pipeline=last,
         upstream={"sft": sft_uri, "g0": g0_uri, "g1": g1_uri},
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,7 +70,11 @@ def _by_class(images: np.ndarray, labels: np.ndarray, n_classes: int, source: st
 
 @lru_cache(maxsize=8)
 def load_cifar10(path: str) -> PhotoTiles:
-    """CIFAR-10 in its standard python-batch format, from a folder the user gives."""
+    """CIFAR-10 in its standard python-batch format, from a folder the user gives: a local path, or an S3 URI
+    (``s3://bucket/datasets/cifar-10-batches-py``, what the pipeline's pods read; copied once into the work
+    folder, so no pod needs a shared volume)."""
+    if "://" in str(path):
+        return load_cifar10(str(_local_copy(str(path))))
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -94,6 +99,29 @@ def load_cifar10(path: str) -> PhotoTiles:
     return PhotoTiles(names, _by_class(data, labels, len(names), str(folder)), f"cifar10:{folder}")
 
 
+def _local_copy(uri: str) -> Path:
+    """The CIFAR-10 folder at ``uri``, downloaded once into ``<work dir>/datasets/``."""
+    import hashlib
+
+    from .. import storage
+    from ..policies import work_dir
+
+    local = work_dir() / "datasets" / f"cifar10-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+    if not (local / "batches.meta").is_file():
+        if not storage.exists(storage.join(uri, "batches.meta")):
+            raise FileNotFoundError(
+                f"no CIFAR-10 at {uri} (batches.meta missing): upload the python version's "
+                "cifar-10-batches-py folder there (manifests/data does it), or pass tiles='digits'"
+            )
+        log.info("downloading CIFAR-10 from %s to %s", uri, local)
+        partial = local.with_name(local.name + ".partial")  # a killed download is never taken as the data
+        shutil.rmtree(partial, ignore_errors=True)
+        storage.get_dir(uri, partial)
+        shutil.rmtree(local, ignore_errors=True)
+        partial.rename(local)
+    return local
+
+
 DIGITS_FILE = Path(__file__).parent / "assets" / "digits_8x8.npz"
 DIGITS_LEVELS = 16  # the scans' grey levels run 0..16
 
@@ -110,3 +138,43 @@ def load_digits() -> PhotoTiles:
 def load_tiles(tiles: str) -> PhotoTiles:
     """``"digits"`` (offline default) or a path to CIFAR-10's python-batch folder."""
     return load_digits() if tiles == "digits" else load_cifar10(str(tiles))
+
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the archive's checksum as its authors publish it
+
+
+def fetch_cifar10(dest_uri: str, source: str = CIFAR10_URL, md5: str | None = CIFAR10_MD5) -> bool:
+    """Put CIFAR-10's ``cifar-10-batches-py`` folder at ``dest_uri`` (S3 or a local folder); False when it is
+    already there. ``source`` is the archive's URL or a local path. The files go up first and
+    ``batches.meta`` last, so an interrupted run leaves a folder that readers take for missing."""
+    import hashlib
+    import tarfile
+    import tempfile
+    import urllib.request
+
+    from .. import storage
+
+    if storage.exists(storage.join(dest_uri, "batches.meta")):
+        log.info("CIFAR-10 is already at %s", dest_uri)
+        return False
+    with tempfile.TemporaryDirectory(prefix="g1-cifar10-") as tmp:
+        archive = Path(tmp) / "cifar-10-python.tar.gz"
+        if "://" in source:
+            log.info("downloading %s", source)
+            urllib.request.urlretrieve(source, archive)
+        else:
+            shutil.copyfile(source, archive)
+        if md5 is not None:
+            digest = hashlib.md5(archive.read_bytes()).hexdigest()
+            if digest != md5:
+                raise ValueError(f"{source}: checksum {digest}, expected {md5}; nothing was written")
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        folder = Path(tmp) / "cifar-10-batches-py"
+        load_cifar10.__wrapped__(str(folder))  # refuses a folder that is not CIFAR-10's python version
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != "batches.meta"):
+            storage.put_file(path, storage.join(dest_uri, path.name))
+        storage.put_file(folder / "batches.meta", storage.join(dest_uri, "batches.meta"))
+    log.info("CIFAR-10 is now at %s", dest_uri)
+    return True

@@ -114,14 +114,16 @@ def run_stage(
     progress: bool = True,
     finish_pipeline: bool = False,
     upstream: Mapping[str, str] | None = None,
+    pipeline_status: bool = True,
 ) -> str:
     """Run one stage inside an MLflow child run; returns the URI of its outputs.
 
     The stage reads its inputs from the outputs of earlier stages of the same pipeline run, or from
     ``upstream`` (stage name -> output URI). A stage whose ``run()`` takes ``on_metrics`` streams its
     metrics to the child run as it goes; one whose result has a ``model_uri`` gets that model recorded
-    in MLflow by reference. A failing stage marks the pipeline's parent run FAILED;
-    ``finish_pipeline`` (the DAG's last stage) marks it FINISHED after success.
+    in MLflow by reference. With ``pipeline_status`` (a stage run on its own), a failing stage marks the
+    pipeline's parent run FAILED and ``finish_pipeline`` marks it FINISHED after success; in the KFP
+    pipeline the exit handler does both (:func:`finish_pipeline_json`), since a failed try may be retried.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -156,9 +158,10 @@ def run_stage(
                     if storage.exists(source):
                         run.log_artifact(str(storage.get_file(source, Path(tmp) / name)))
     except BaseException:
-        tracker.finish_pipeline(pipeline_run_id, "FAILED")
+        if pipeline_status:
+            tracker.finish_pipeline(pipeline_run_id, "FAILED")
         raise
-    if finish_pipeline:
+    if finish_pipeline and pipeline_status:
         tracker.finish_pipeline(pipeline_run_id, "FINISHED")
     return uri
 
@@ -194,7 +197,6 @@ def run_stage_json(
     config_json: str,
     pipeline_run_id: str,
     artifact_root: str = "",
-    finish_pipeline: bool = False,
     upstream: Mapping[str, str] | None = None,
 ) -> str:
     """Entry point of the KFP components: the config travels as JSON, the outputs (and inputs) as URIs."""
@@ -203,6 +205,25 @@ def run_stage_json(
         config_from_json(config_json),
         pipeline_run_id,
         artifact_root=artifact_root or None,
-        finish_pipeline=finish_pipeline,
         upstream=upstream,
+        pipeline_status=False,
     )
+
+
+# KFP's final task states (ML Metadata's on a cluster, kfp.local's locally) -> MLflow run statuses
+FINAL_STATUS = {"COMPLETE": "FINISHED", "SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+
+
+def finish_pipeline_json(
+    config_json: str, pipeline_run_id: str, state: str, error: str = "", artifact_root: str = ""
+) -> str:
+    """The exit handler's work: end the pipeline's MLflow parent run as the KFP run ended (any state not
+    a success or a cancellation counts as FAILED); returns the URI of the run's evaluation report."""
+    from ..tracking import Tracker
+
+    cfg = config_from_json(config_json)
+    status = FINAL_STATUS.get(str(state).upper(), "FAILED")
+    Tracker(cfg.tracking.experiment).finish_pipeline(pipeline_run_id, status)
+    log.info("pipeline run %s ended %s (KFP state %s%s)", pipeline_run_id, status, state,
+             f": {error}" if error else "")  # fmt: skip
+    return stage_uri(cfg, pipeline_run_id, "evaluate", artifact_root or None)

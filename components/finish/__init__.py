@@ -1,0 +1,3 @@
+from .component import finish
+
+__all__ = ["finish"]

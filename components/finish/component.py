@@ -1,0 +1,25 @@
+"""KFP component: the pipeline's exit handler, which ends the MLflow pipeline run as the KFP run ended."""
+
+from kfp import dsl
+
+from components.images import image_for
+
+
+@dsl.component(base_image=image_for("finish"))
+def finish(
+    config_json: str, pipeline_run_id: str, status: dsl.PipelineTaskFinalStatus, artifact_root: str = ""
+) -> str:
+    """Mark the MLflow parent run FINISHED, FAILED or KILLED as the KFP run ended; returns the URI of the
+    evaluation's report (the pipeline's output).
+
+    It runs after every stage has ended, whatever happened to them: a stage's failed try that KFP retries
+    leaves the parent running, and a pod killed without a chance to report (OOM, eviction) still ends it.
+    """
+    import logging
+
+    from g1core.stages import finish_pipeline_json
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return finish_pipeline_json(
+        config_json, pipeline_run_id, status.state, status.error_message, artifact_root
+    )
