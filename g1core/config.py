@@ -333,6 +333,12 @@ class TrainingSettings(Section):
     # ---- checkpoints, logging ----
     checkpoint_every: int = Field(default=200, ge=1, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(default=2, ge=1, description="Checkpoints kept locally and in the store.")
+    keep_checkpoints_when_done: bool = Field(
+        default=False,
+        description="Keep the stored checkpoints once the stage has saved its model and result. They exist "
+        "to resume an unfinished stage (weights and optimizer state: ~108 GiB each at 7B), and a finished "
+        "stage never resumes, so by default they are deleted.",
+    )
     log_every: int = Field(default=10, ge=1, description="Steps between loss / lr / tokens-per-s records.")
 
     @model_validator(mode="after")

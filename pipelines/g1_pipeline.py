@@ -48,21 +48,33 @@ SETTINGS_CONFIG_MAP = (
     {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI", "G1_ARTIFACT_ROOT": "G1_ARTIFACT_ROOT"},
 )
 
-# A training pod (SFT, GRPO): one 8-GPU node.
-GPU_TRAINING_NODE = {"cpu": "32", "memory": "256G", "gpus": 8, "shm": "64Gi", "retries": 3}  # PodSettings
-# Per stage: CPU/memory requests, GPUs, /dev/shm size, retries.
+# A training pod (SFT, GRPO): one 8-GPU node (GPUs: PodSettings). Scratch: the work folder (start model,
+# checkpoints, saved model) on the node's disk, from the disk plan of the paper preset at 7B (docs/cluster.md,
+# tests/test_gpu_paths.py): 15.4 GiB downloaded + 2 checkpoints of 108 GiB + the 15.4 GiB model = 247 GiB.
+GPU_TRAINING_NODE = {
+    "cpu": "32",
+    "memory": "256G",
+    "gpus": 8,
+    "shm": "64Gi",
+    "scratch": "300Gi",
+    "retries": 3,
+}
+# Per stage: CPU/memory requests, GPUs, /dev/shm size, scratch volume (work folder and model downloads),
+# retries.
 STAGE_RESOURCES = {
     # retries: a restarted distill pod resumes from its shards (same pipeline run id, same output URI)
-    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "shm": "2Gi", "retries": 3},
+    "distill": {"cpu": "4", "memory": "16G", "gpus": 0, "shm": "2Gi", "scratch": "20Gi", "retries": 3},
     # retries: a killed SFT pod resumes from the checkpoints under its output URI (same run id)
     "sft": dict(GPU_TRAINING_NODE),
     # retries: a killed GRPO pod resumes from its checkpoints, the state stream where it stopped
     "grpo": dict(GPU_TRAINING_NODE),
-    "evaluate": {"cpu": "8", "memory": "64G", "gpus": 1, "shm": "16Gi"},
+    # scratch: the base model and the three trained ones, 15.4 GiB each at 7B
+    "evaluate": {"cpu": "8", "memory": "64G", "gpus": 1, "shm": "16Gi", "scratch": "100Gi"},
     # the exit handler: a few MLflow calls
     "finish": {"cpu": "250m", "memory": "1G", "gpus": 0, "retries": 3},
 }
 GPU_RESOURCE = "nvidia.com/gpu"
+SCRATCH = "/scratch"
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,10 @@ class PodSettings:
     # Retry a failed stage as STAGE_RESOURCES says (a retried stage resumes from its outputs). Local runs
     # turn it off: kfp.local waits out the same backoff (60 s, doubling) before showing the error.
     retries: bool = True
+    # Each stage's work folder and model downloads on an emptyDir at /scratch (STAGE_RESOURCES' sizes), not
+    # in the container's writable layer. Local runs turn it off: kfp.local would set the same variables
+    # on the host's processes.
+    scratch: bool = True
 
     @classmethod
     def for_backend(cls, version: tuple[int, int, int], **kwargs) -> "PodSettings":
@@ -138,6 +154,11 @@ def configure(
     if r.get("shm"):
         kubernetes.empty_dir_mount(
             task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=r["shm"]
+        )
+    if r.get("scratch") and settings.scratch:
+        kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH, size_limit=r["scratch"])
+        task.set_env_variable("G1_WORK_DIR", f"{SCRATCH}/g1-work").set_env_variable(
+            "HF_HOME", f"{SCRATCH}/hf"
         )
     for name, keys in secrets:
         kubernetes.use_secret_as_env(
@@ -215,5 +236,5 @@ def make_pipeline(settings: PodSettings = PodSettings()):  # noqa: B008 (frozen,
 
 
 g1_pipeline = make_pipeline()
-LOCAL_SETTINGS = PodSettings(retries=False)  # `g1 pipeline run --local`
+LOCAL_SETTINGS = PodSettings(retries=False, scratch=False)  # `g1 pipeline run --local`
 PIPELINES = {"g1_pipeline": make_pipeline}

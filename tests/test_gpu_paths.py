@@ -5,6 +5,7 @@ arguments, the environment a run leaves behind, and the memory plan of the paper
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,32 @@ def test_gpu_check_runs_its_plain_setup_in_cpu_mode(tmp_path):
         assert results[name]["resumed_from_step"] == 1 and results[name]["final_model_dtype"] == "float32"
     assert results["grpo/plain"]["step_s"] > 0 and results["grpo/vllm"]["skipped"] == "no GPU"
     assert "every path ran" in gpu_check.summary(report, tmp_path / "out" / "gpu-check.json")
+
+
+def _gib(quantity: str) -> float:
+    """A Kubernetes quantity in Gi or Ti, in GiB."""
+    return float(quantity[:-2]) * {"Gi": 1, "Ti": 1024}[quantity[-2:]]
+
+
+def test_the_paper_disk_plan_fits_the_pods_and_the_store(qwen7b):
+    """The scratch volumes compiled into the pipeline and the SeaweedFS volume of manifests/s3 hold what the
+    paper preset writes at 7B: a pod's work folder at its peak, and one pipeline run's S3 peak (G0 and G1 can
+    train at the same time, beside SFT's saved model) with room for the models of earlier runs."""
+    import yaml
+
+    from pipelines.g1_pipeline import STAGE_RESOURCES
+
+    paper = load_config("g1-paper")
+    work = memory.Workload(world=8, zero_stage=2, weight_bytes=2)  # bf16 weights under DeepSpeed ZeRO-2
+    sft_plan = memory.disk_plan(qwen7b, work, paper.sft.keep_checkpoints, model_bytes=2)
+    grpo_plan = memory.disk_plan(qwen7b, work, paper.grpo.keep_checkpoints, model_bytes=2)
+    assert 100 < sft_plan.checkpoint < 115  # 15.4 GiB of bf16 weights + 12 bytes of fp32 state per weight
+    assert sft_plan.scratch <= _gib(STAGE_RESOURCES["sft"]["scratch"])
+    assert grpo_plan.scratch <= _gib(STAGE_RESOURCES["grpo"]["scratch"])
+    assert 4 * sft_plan.model <= _gib(STAGE_RESOURCES["evaluate"]["scratch"])  # base, SFT, G0, G1
+    run_peak = sft_plan.model + 2 * grpo_plan.store
+    store = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "manifests" / "s3" / "statefulset.yaml").read_text()
+    )
+    size = _gib(store["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"])
+    assert run_peak + 5 * 3 * sft_plan.model <= size  # one run at its peak + the models of 5 finished runs

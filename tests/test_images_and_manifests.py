@@ -37,6 +37,7 @@ KUSTOMIZATION = "kustomization.yaml"
 MANIFEST_FILES = sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name != KUSTOMIZATION)
 KUSTOMIZE_DIRS = sorted(p.parent for p in MANIFESTS.rglob(KUSTOMIZATION))
 DOCKERFILES = sorted(IMAGES_DIR.glob("*/Dockerfile"))
+ISTIO_GROUP = "security.istio.io/"
 
 
 def _load_script(name: str):
@@ -116,6 +117,8 @@ def test_manifest_validates_strictly(path: Path) -> None:
     resources = docs(path)
     assert resources, f"{rel(path)} holds no resource"
     for doc in resources:
+        if doc["apiVersion"].startswith(ISTIO_GROUP):  # a CRD: checked by test_istio_and_network_policies
+            continue
         for version in K8S_VERSIONS:
             try:
                 kv.validate(doc, version, strict=True)
@@ -574,3 +577,26 @@ def test_stage_image_compiles_bytecode_for_what_the_stages_import_only() -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"warm_imports: \d+ modules loaded", done.stderr)
+
+
+def test_istio_and_network_policies_select_the_pods_they_open() -> None:
+    """manifests/network and manifests/istio name MLflow's and SeaweedFS's pods by their template labels and
+    open exactly the ports their Services serve."""
+    pods = {
+        "mlflow": resource("Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"],
+        "seaweedfs": resource("StatefulSet", "seaweedfs")["spec"]["template"]["metadata"]["labels"],
+    }
+    ports = {name: {p["port"] for p in resource("Service", name)["spec"]["ports"]} for name in pods}
+    for name, labels in pods.items():
+        policy = resource("NetworkPolicy", f"g1-{name}")["spec"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+        assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == ports[name]
+        allow = resource("AuthorizationPolicy", f"g1-{name}")
+        assert allow["apiVersion"] == "security.istio.io/v1" and allow["spec"]["action"] == "ALLOW"
+        assert allow["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        opened = {int(p) for r in allow["spec"]["rules"] for t in r["to"] for p in t["operation"]["ports"]}
+        assert opened == ports[name]
+        peer = resource("PeerAuthentication", f"g1-{name}")["spec"]
+        assert (
+            peer["selector"]["matchLabels"].items() <= labels.items() and peer["mtls"]["mode"] == "PERMISSIVE"
+        )

@@ -47,6 +47,13 @@ def test_pod_settings_are_compiled_in():
         assert all(s["optional"] for s in gpu_stage["secretAsEnv"])  # KFP 2.15+, the default --kfp-backend
     assert "tolerations" not in distill and not any("pvcMount" in e for e in platform.values())
     assert sft["emptyDirMounts"][0]["sizeLimit"] == STAGE_RESOURCES["sft"]["shm"]
+    # the work folder and model downloads on a scratch volume sized from the disk plan, not the writable layer
+    scratch = {e["mountPath"]: e["sizeLimit"] for e in sft["emptyDirMounts"]}["/scratch"]
+    assert scratch == STAGE_RESOURCES["sft"]["scratch"]
+    sft_env = {
+        e["name"]: e["value"] for e in ir[0]["deploymentSpec"]["executors"]["exec-sft"]["container"]["env"]
+    }
+    assert sft_env == {"G1_WORK_DIR": "/scratch/g1-work", "HF_HOME": "/scratch/hf"}
     executors = ir[0]["deploymentSpec"]["executors"]
     assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert executors["exec-distill"]["container"]["image"].startswith("ghcr.io/")

@@ -132,6 +132,47 @@ def plan(shape: ModelShape, work: Workload, gpu_gib: float | None = None) -> Mem
     return MemoryPlan(parts, generation, update, gpu_gib)
 
 
+@dataclass(frozen=True)
+class DiskPlan:
+    """The bytes a training stage writes, in GiB: what its pod's scratch volume and the S3 store must hold."""
+
+    checkpoint: float  # one Trainer checkpoint: the weights and the optimizer's state (DeepSpeed's shards)
+    kept: int  # checkpoints kept (keep_checkpoints); the next is written before the oldest goes
+    model: float  # the saved model
+    start_model: float  # the start model as downloaded (16-bit on the hub)
+
+    @property
+    def scratch(self) -> float:
+        """A pod's work folder at its peak: the start model, kept + 1 checkpoints, the saved model."""
+        return self.start_model + (self.kept + 1) * self.checkpoint + self.model
+
+    @property
+    def store(self) -> float:
+        """The stage's S3 folder at its peak: kept + 1 checkpoints, then the model (checkpoints go at the end
+        unless keep_checkpoints_when_done)."""
+        return (self.kept + 1) * self.checkpoint + self.model
+
+    def summary(self) -> str:
+        return (
+            f"disk plan (GiB): a checkpoint {self.checkpoint:.1f} (weights and optimizer state), "
+            f"{self.kept} kept; the model {self.model:.1f}; scratch volume at its peak {self.scratch:.1f}, "
+            f"S3 at its peak {self.store:.1f}"
+        )
+
+
+def disk_plan(
+    shape: ModelShape, work: Workload, kept: int, model_bytes: int, start_bytes: int = 2
+) -> DiskPlan:
+    """What ``shape`` trained as in ``work`` writes: checkpoints hold the weights as trained (bf16 under
+    DeepSpeed) and AdamW's two fp32 moments, plus fp32 master weights when the weights are 16-bit under
+    DeepSpeed; ZeRO shards them over the GPUs, but a checkpoint holds every shard."""
+    master = 4 if work.zero_stage > 0 and work.weight_bytes < 4 else 0
+    checkpoint = shape.params * work.weight_bytes + shape.trainable * (8 + master)
+    return DiskPlan(
+        checkpoint / GIB, kept, shape.params * model_bytes / GIB, shape.params * start_bytes / GIB
+    )
+
+
 def peak_host_memory_gib() -> float:
     """The most resident memory (RSS, GiB) this process, or any one of its finished child processes (a
     training launch's workers), has held so far: the figure to set a pod's memory request from."""

@@ -203,8 +203,18 @@ class TrainingRun:
         return json.loads(storage.read_bytes(done))
 
     def write_result(self, result: dict) -> None:
-        if self.main:
-            storage.write_bytes(storage.join(self.uri, RESULT), json.dumps(result, indent=2).encode())
+        """Write the stage's result (which marks it done), then drop its stored checkpoints unless kept."""
+        if not self.main:
+            return
+        storage.write_bytes(storage.join(self.uri, RESULT), json.dumps(result, indent=2).encode())
+        if not self.s.keep_checkpoints_when_done:
+            remote = storage.join(self.uri, "checkpoints")
+            storage.delete(remote, recursive=True)
+            log.info(
+                "%s is done: its checkpoints in %s are deleted (keep_checkpoints_when_done)",
+                self.stage,
+                remote,
+            )
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def mirror_checkpoint(self, step: int) -> None:
@@ -299,13 +309,19 @@ class TrainingRun:
             reference_bytes=size(self.reference_dtype()),
             **self.memory_workload(),
         )
-        estimate = memory.plan(memory.ModelShape.of(model), work, gpu)
+        shape = memory.ModelShape.of(model)
+        estimate = memory.plan(shape, work, gpu)
+        model_bytes = 2 if self.bf16 else size(self.weights_dtype())  # save_final keeps bf16 training in bf16
+        disk = memory.disk_plan(shape, work, self.s.keep_checkpoints, model_bytes)
         self.emit(
             {
                 "tokens/image_per_prompt": float(self.image_tokens),
                 "tokens/prompt_max": float(work.prompt_tokens),
                 "tokens/answer_max": float(work.answer_tokens),
                 "memory/estimate_gpu_peak_gib": estimate.peak,
+                "storage/checkpoint_gib": disk.checkpoint,
+                "storage/scratch_peak_gib": disk.scratch,
+                "storage/s3_peak_gib": disk.store,
             },
             0,
         )
@@ -315,6 +331,7 @@ class TrainingRun:
                 self.stage, work.prompt_tokens, self.image_tokens, work.answer_tokens,
             )  # fmt: skip
             log.info("%s: %s", self.stage, estimate.summary())
+            log.info("%s: %s", self.stage, disk.summary())
             if estimate.fits is False:
                 log.warning(
                     "%s may run out of GPU memory (estimated peak %.1f GiB of %.1f): lower batch_size, turn "
