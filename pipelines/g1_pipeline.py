@@ -75,6 +75,7 @@ STAGE_RESOURCES = {
 }
 GPU_RESOURCE = "nvidia.com/gpu"
 SCRATCH = "/scratch"
+IMAGE_UID = 10001  # the stage images' user (images/*/Dockerfile)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ class PodSettings:
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(GPU_RESOURCE, "Exists", None, "NoSchedule"),)
     # Secrets for pulling the stage images from a private registry.
     image_pull_secrets: tuple[str, ...] = field(default_factory=tuple)
+    # runAsNonRoot with the images' user (uid/gid 10001) on every stage's container: with the defaults KFP's
+    # backend enforces (no privilege escalation, no capabilities, RuntimeDefault seccomp) this passes the
+    # "restricted" Pod Security Standard. Needs KFP 2.16 (kfp-kubernetes set_security_context, #12832); on
+    # older backends the images still run as that user, from their Dockerfile.
+    security_context: bool = False
     # Retry a failed stage as STAGE_RESOURCES says (a retried stage resumes from its outputs). Local runs
     # turn it off: kfp.local waits out the same backoff (60 s, doubling) before showing the error.
     retries: bool = True
@@ -132,7 +138,7 @@ class PodSettings:
                 f"KFP backend {'.'.join(map(str, version))} is too old: g1 needs "
                 f"{'.'.join(map(str, OLDEST_BACKEND))} or newer (task retries; GPU counts as parameters)"
             )
-        return cls(optional_secrets=version >= MIN_BACKEND, **kwargs)
+        return cls(optional_secrets=version >= MIN_BACKEND, security_context=version >= (2, 16, 0), **kwargs)
 
 
 def configure(
@@ -170,11 +176,26 @@ def configure(
         config_map_key_to_env=SETTINGS_CONFIG_MAP[1],
         optional=settings.optional_secrets,
     )
+    if settings.security_context:
+        kubernetes.set_security_context(
+            task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True
+        )
     if settings.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(settings.image_pull_secrets))
     if r.get("retries") and settings.retries:
         task.set_retry(num_retries=r["retries"], backoff_duration="60s", backoff_factor=2)
     task.set_caching_options(False)  # stages resume from their own outputs; KFP's cache would skip reruns
+    return task
+
+
+def record(uri, artifact_class, name: str, stage: str) -> dsl.PipelineTask:
+    """Show ``uri`` (a stage's output in S3) as a typed KFP artifact: an importer records the URI in KFP's
+    metadata (``reimport=False``: once) and copies nothing, so the weights stay where the stage wrote them.
+    A component output pointing at another bucket than KFP's pipeline root would fail its upload."""
+    task = dsl.importer(
+        artifact_uri=uri, artifact_class=artifact_class, reimport=False, metadata={"g1.stage": stage}
+    )
+    task.set_display_name(name)
     return task
 
 
@@ -198,6 +219,7 @@ def make_pipeline(settings: PodSettings = PodSettings()):  # noqa: B008 (frozen,
             data = distill(config_json=config_json, pipeline_run_id=run_id, artifact_root=artifact_root)
             configure(data, "distill", settings, (S3_SECRET, HF_SECRET, TEACHER_SECRET))
             data.set_display_name("distill")
+            record(data.output, dsl.Dataset, "dataset", "distill")
             tuned = sft(
                 config_json=config_json,
                 pipeline_run_id=run_id,
@@ -206,27 +228,30 @@ def make_pipeline(settings: PodSettings = PodSettings()):  # noqa: B008 (frozen,
             )
             configure(tuned, "sft", settings, gpus=settings.sft_gpus)
             tuned.set_display_name("sft")
+            record(tuned.outputs["model_uri"], dsl.Model, "sft-model", "sft")
             g0 = grpo(
                 config_json=config_json, pipeline_run_id=run_id, branch="g0", artifact_root=artifact_root
             )
             configure(g0, "grpo", settings, gpus=settings.grpo_gpus)
             g0.set_display_name("grpo-g0")
+            record(g0.outputs["model_uri"], dsl.Model, "g0-model", "g0")
             g1 = grpo(
                 config_json=config_json,
                 pipeline_run_id=run_id,
                 branch="g1",
                 artifact_root=artifact_root,
-                sft_uri=tuned.output,
+                sft_uri=tuned.outputs["uri"],
             )
             configure(g1, "grpo", settings, gpus=settings.grpo_gpus)
             g1.set_display_name("grpo-g1")
+            record(g1.outputs["model_uri"], dsl.Model, "g1-model", "g1")
             report = evaluate(
                 config_json=config_json,
                 pipeline_run_id=run_id,
                 artifact_root=artifact_root,
-                sft_uri=tuned.output,
-                g0_uri=g0.output,
-                g1_uri=g1.output,
+                sft_uri=tuned.outputs["uri"],
+                g0_uri=g0.outputs["uri"],
+                g1_uri=g1.outputs["uri"],
             )
             configure(report, "evaluate", settings, (S3_SECRET, HF_SECRET, TEACHER_SECRET))
             report.set_display_name("evaluate")

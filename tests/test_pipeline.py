@@ -86,7 +86,7 @@ def test_pod_settings_are_compiled_in():
         (name, key): value["taskOutputParameter"]["producerTask"]
         for name, task in tasks.items()
         for key, value in task["inputs"]["parameters"].items()
-        if "taskOutputParameter" in value
+        if "taskOutputParameter" in value and not name.startswith("importer")
     }
     assert feeds == {
         ("sft", "dataset_uri"): "distill",
@@ -94,6 +94,33 @@ def test_pod_settings_are_compiled_in():
         ("evaluate", "sft_uri"): "sft",
         ("evaluate", "g0_uri"): "grpo",
         ("evaluate", "g1_uri"): "grpo-2",
+    }
+    # typed artifacts: importers record the data set and the three models at their S3 URIs (no copy)
+    importers = {
+        task["taskInfo"]["name"]: (
+            task["inputs"]["parameters"]["uri"]["taskOutputParameter"],
+            ir[0]["deploymentSpec"]["executors"][
+                ir[0]["components"][task["componentRef"]["name"]]["executorLabel"]
+            ],
+        )
+        for task in tasks.values()
+        if task["componentRef"]["name"].startswith("comp-importer")
+    }
+    kinds = {
+        n: (s["producerTask"], s["outputParameterKey"], e["importer"]["typeSchema"]["schemaTitle"])
+        for n, (s, e) in importers.items()
+    }
+    assert kinds == {
+        "dataset": ("distill", "Output", "system.Dataset"),
+        "sft-model": ("sft", "model_uri", "system.Model"),
+        "g0-model": ("grpo", "model_uri", "system.Model"),
+        "g1-model": ("grpo-2", "model_uri", "system.Model"),
+    }  # fmt: skip
+    assert all(not ex["importer"].get("reimport", False) for _, ex in importers.values())
+    outputs = ir[0]["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
+        "scores": "system.Metrics",
+        "report": "system.Markdown",
     }
     k8s = list(yaml.safe_load_all((COMPILED / "g1_pipeline.k8s.yaml").read_text()))
     assert [d["kind"] for d in k8s] == ["Pipeline", "PipelineVersion"]
@@ -130,6 +157,15 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report_uri = done.stdout.strip().splitlines()[-1]
+    # KFP's own view of the run: the evaluation's scores as a Metrics artifact, its report as Markdown
+    (evaluate_out,) = (tmp_path / "kfp").glob("g1-*/evaluate/executor_output.json")
+    shown = {
+        a["name"]: a
+        for art in json.loads(evaluate_out.read_text())["artifacts"].values()
+        for a in art["artifacts"]
+    }
+    assert shown["scores"]["metadata"].keys() >= {"2048/sft-tiny", "2048/g1-tiny", "2048/random"}
+    assert Path(shown["report"]["uri"]).read_text().startswith("# g1 evaluation")
     assert report_uri.startswith(str(tmp_path / "artifacts" / "g1-local"))
     report = storage.read_bytes(storage.join(report_uri, "report.md")).decode()
     for player in ("base-tiny", "sft-tiny", "g0-tiny", "g1-tiny", "oracle@0.5", "random"):
@@ -270,10 +306,17 @@ OLD_BACKEND = {
 }
 
 
+RESTRICTED = {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
         ([], {"optional": True, "tolerations": [GPU_TAINT]}),
+        (
+            ["--kfp-backend", "2.16"],
+            {"optional": True, "tolerations": [GPU_TAINT], "securityContext": RESTRICTED},
+        ),
         (OLD_BACKEND_FLAGS, OLD_BACKEND),
         (["--gpu-toleration", ""], {"optional": True, "tolerations": None}),
     ],
@@ -289,6 +332,7 @@ def test_compile_takes_the_clusters_settings(tmp_path, flags, expected):
     assert sft_pod.get("nodeSelector") == expected.get("nodeSelector")
     pull = [p["secretName"] for p in sft_pod["imagePullSecret"]] if "imagePullSecret" in sft_pod else None
     assert pull == expected.get("imagePullSecret")
+    assert sft_pod.get("securityContext") == expected.get("securityContext")
     sft_container = ir[0]["deploymentSpec"]["executors"]["exec-sft"]["container"]
     assert sft_container["resources"]["accelerator"]["resourceCount"] == expected.get("gpus", "8")
     k8s = list(yaml.safe_load_all((tmp_path / "g1_pipeline.k8s.yaml").read_text()))

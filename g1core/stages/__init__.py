@@ -64,6 +64,11 @@ def stage_uri(cfg: PipelineConfig, pipeline_run_id: str, stage: str, artifact_ro
     return storage.join(artifact_root or storage.artifact_root(), cfg.name, pipeline_run_id, stage)
 
 
+def model_uri(stage_output_uri: str) -> str:
+    """Where a training stage's output keeps its model."""
+    return storage.join(stage_output_uri, MODEL_DIR)
+
+
 def stage_inputs(
     stage: str,
     cfg: PipelineConfig,

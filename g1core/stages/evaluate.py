@@ -284,3 +284,11 @@ def metrics(result: EvaluateResult) -> dict[str, float]:
         for key, value in numbers.items():
             out[metric_name(player, "usage", key)] = float(value)
     return out
+
+
+def headline(uri: str) -> tuple[dict[str, float], str]:
+    """The written evaluation at ``uri`` as KFP shows it: each player's mean score per game
+    (``<game>/<player>``) and the report's markdown."""
+    rows = list(csv.DictReader(io.StringIO(storage.read_bytes(storage.join(uri, "table.csv")).decode())))
+    scores = {metric_name(row["game"], row["policy"]): float(row["mean"]) for row in rows}
+    return scores, storage.read_bytes(storage.join(uri, "report.md")).decode()
