@@ -158,6 +158,11 @@ def _pod_setting_args(p) -> None:
     p.add_argument("--image-pull-secret", action="append", default=[], help="secret for a private registry")
     p.add_argument("--sft-gpus", type=int, default=8, help="GPUs of the SFT pod (one node)")
     p.add_argument("--grpo-gpus", type=int, default=8, help="GPUs of each GRPO pod (one node)")
+    p.add_argument(
+        "--resource-limits",
+        action="store_true",
+        help="CPU and memory limits = requests (for quota namespaces)",
+    )
 
 
 def _run_id(args) -> str:
@@ -197,6 +202,7 @@ def _pod_settings(args):
         kwargs["gpu_tolerations"] = tuple(Toleration.parse(t) for t in args.gpu_toleration if t)
     kwargs["image_pull_secrets"] = tuple(args.image_pull_secret)
     kwargs["sft_gpus"], kwargs["grpo_gpus"] = args.sft_gpus, args.grpo_gpus
+    kwargs["resource_limits"] = args.resource_limits
     version = parse_version(args.kfp_backend)
     if version is None:
         raise ValueError(f"--kfp-backend {args.kfp_backend!r}: give a version such as 2.15")

@@ -120,6 +120,9 @@ class PodSettings:
     # "restricted" Pod Security Standard. Needs KFP 2.16 (kfp-kubernetes set_security_context, #12832); on
     # older backends the images still run as that user, from their Dockerfile.
     security_context: bool = False
+    # CPU and memory limits equal to the requests, for namespaces whose ResourceQuota demands limits (the
+    # pods then get the Guaranteed QoS class). Off by default: a limit only adds ways to be killed.
+    resource_limits: bool = False
     # Retry a failed stage as STAGE_RESOURCES says (a retried stage resumes from its outputs). Local runs
     # turn it off: kfp.local waits out the same backoff (60 s, doubling) before showing the error.
     retries: bool = True
@@ -151,6 +154,8 @@ def configure(
     """Apply a stage's pod settings to its task; ``gpus`` overrides the stage's GPU count."""
     r = STAGE_RESOURCES[stage]
     task.set_cpu_request(r["cpu"]).set_memory_request(r["memory"])
+    if settings.resource_limits:
+        task.set_cpu_limit(r["cpu"]).set_memory_limit(r["memory"])
     if r.get("gpus"):
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus or r["gpus"])
         for key, value in settings.gpu_node_selector:

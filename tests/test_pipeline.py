@@ -297,12 +297,14 @@ def test_a_failed_run_ends_failed_in_mlflow_through_the_exit_handler(s3_server, 
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 OLD_BACKEND_FLAGS = ["--kfp-backend", "2.5", "--gpu-toleration", "gpu=a100:NoExecute"]
 OLD_BACKEND_FLAGS += ["--gpu-node-selector", "pool=gpu", "--image-pull-secret", "regcred", "--sft-gpus", "4"]
+OLD_BACKEND_FLAGS += ["--resource-limits"]
 OLD_BACKEND = {
     "optional": False,
     "tolerations": [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoExecute"}],
     "nodeSelector": {"labels": {"pool": "gpu"}},
     "imagePullSecret": ["regcred"],
     "gpus": "4",
+    "limits": {"resourceCpuLimit": "32", "resourceMemoryLimit": "256G"},
 }
 
 
@@ -335,6 +337,10 @@ def test_compile_takes_the_clusters_settings(tmp_path, flags, expected):
     assert sft_pod.get("securityContext") == expected.get("securityContext")
     sft_container = ir[0]["deploymentSpec"]["executors"]["exec-sft"]["container"]
     assert sft_container["resources"]["accelerator"]["resourceCount"] == expected.get("gpus", "8")
+    limits = {
+        k: v for k, v in sft_container["resources"].items() if k.startswith("resource") and "Limit" in k
+    }
+    assert limits == expected.get("limits", {})
     k8s = list(yaml.safe_load_all((tmp_path / "g1_pipeline.k8s.yaml").read_text()))
     assert {d["metadata"]["namespace"] for d in k8s} == {"team-a"}
     assert k8s[1]["metadata"]["name"] == version_name("g1-pipeline", ir)

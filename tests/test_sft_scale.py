@@ -150,7 +150,7 @@ class _Crash(RuntimeError):
 def test_deepspeed_trains_checkpoints_and_resumes_exactly_without_compiling(
     dataset, reference, tmp_path, s3_prefix, no_op_builds, zero
 ):
-    cfg = _cfg(deepspeed=zero)
+    cfg = _cfg(deepspeed=zero, keep_checkpoints_when_done=True)  # its stored checkpoints are looked at
     whole = sft.run(cfg, dataset, str(tmp_path / "whole"), progress=False, work_dir=tmp_path / "w1")
     assert whole.steps == 2 and whole.samples_seen == 16
     assert _close(_weights(whole), _weights(reference))  # DeepSpeed trains (and saves) the same model
@@ -204,7 +204,9 @@ def test_gradient_accumulation_matches_one_big_batch(dataset, reference, tmp_pat
 # ---- two worker processes --------------------------------------------------------------------------------
 @pytest.mark.parametrize("deepspeed", [None, "zero3"])
 def test_two_processes_through_the_launch_command(dataset, reference, tmp_path, no_op_builds, deepspeed):
-    cfg = _cfg(num_processes=2, batch_size=4, deepspeed=deepspeed, eval_every=1)
+    cfg = _cfg(
+        num_processes=2, batch_size=4, deepspeed=deepspeed, eval_every=1, keep_checkpoints_when_done=True
+    )
     seen: list[tuple[int, dict]] = []
     result = sft.run(
         cfg, dataset, str(tmp_path / "o"), progress=False, work_dir=tmp_path / "w",
