@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import podman_build  # noqa: E402 (beside this script)
+from local_stack import local_stack  # noqa: E402
 
 log = logging.getLogger("g1.images")
 REPO_ROOT = podman_build.REPO_ROOT
@@ -57,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="also time a build that reuses no layer")
     parser.add_argument("--config", default="local-tiny", help="the DAG's config (default local-tiny)")
     args = parser.parse_args(argv)
-    from g1core import stack
-
     spec = yaml.safe_load((REPO_ROOT / "images" / "images.yaml").read_text())["images"]["g1-cpu"]
     out: dict = {}
     if args.cold:
@@ -69,20 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     out["image"] = tag
     size = podman_build.podman("image", "inspect", "--format", "{{.Size}}", tag, capture=True)
     out["image_gb"] = round(int(size) / 1e9, 2)
-    with tempfile.TemporaryDirectory(prefix="g1-bench-containers-") as tmp:
-        tmp = Path(tmp)
-        images_file = tmp / "images.yaml"
-        table = yaml.safe_load((REPO_ROOT / "images" / "images.yaml").read_text())
-        table["images"]["g1-cpu"]["image"] = tag
-        images_file.write_text(yaml.safe_dump(table, sort_keys=False))
-        info = stack.stack_up(tmp / "stack", stack.free_port(), stack.free_port())
-        try:
-            env = {**os.environ, **info.env(), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-            env.pop("G1_WORK_DIR", None)
-            out["dag_subprocess_s"] = dag_seconds(args.config, env, tmp / "host", False, images_file)
-            out["dag_containers_s"] = dag_seconds(args.config, env, tmp / "containers", True, images_file)
-        finally:
-            stack.stack_down(tmp / "stack")
+    with local_stack(tag, "g1-bench-containers-") as run:
+        out["dag_subprocess_s"] = dag_seconds(
+            args.config, run.env, run.folder / "host", False, run.images_file
+        )
+        out["dag_containers_s"] = dag_seconds(
+            args.config, run.env, run.folder / "containers", True, run.images_file
+        )
     stages = 5
     out["container_target_s"] = round(1.5 * out["dag_subprocess_s"] + 10 * stages, 1)
     sys.stdout.write(json.dumps(out) + "\n")

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import podman_build  # noqa: E402 (beside this script)
+from local_stack import local_stack  # noqa: E402
 
 log = logging.getLogger("g1.images")
 REPO_ROOT = podman_build.REPO_ROOT
@@ -107,26 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--out", default=str(REPO_ROOT / "out" / "paper-shapes.json"), help="the figures")
     args = parser.parse_args(argv)
-    from g1core import stack
-
     spec = yaml.safe_load((REPO_ROOT / "images" / "images.yaml").read_text())["images"]["g1-cpu"]
     tag = podman_build.build("g1-cpu", spec)
-    with tempfile.TemporaryDirectory(prefix="g1-paper-shapes-") as tmp:
-        tmp = Path(tmp)
-        images_file = tmp / "images.yaml"
-        table = yaml.safe_load((REPO_ROOT / "images" / "images.yaml").read_text())
-        table["images"]["g1-cpu"]["image"] = tag
-        images_file.write_text(yaml.safe_dump(table, sort_keys=False))
-        info = stack.stack_up(tmp / "stack", stack.free_port(), stack.free_port())
-        try:
-            env = {**os.environ, **info.env(), "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-            env.pop("G1_WORK_DIR", None)
-            started = time.perf_counter()
-            run_id = run_dag(env, tmp / "work", images_file)
-            seconds = round(time.perf_counter() - started, 1)
-            figures = stage_figures(info.mlflow_url, run_id)
-        finally:
-            stack.stack_down(tmp / "stack")
+    with local_stack(tag, "g1-paper-shapes-") as run:
+        started = time.perf_counter()
+        run_id = run_dag(run.env, run.folder / "work", run.images_file)
+        seconds = round(time.perf_counter() - started, 1)
+        figures = stage_figures(run.mlflow_url, run_id)
     out = {"image": tag, "pipeline_run_id": run_id, "wall_s": seconds, "swaps": SWAPS, "stages": figures}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
