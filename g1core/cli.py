@@ -128,6 +128,35 @@ def cmd_gym_fetch_cifar10(args) -> int:
     return 0
 
 
+def cmd_runs_compare(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from g1core import runs
+    from g1core.tracking import Tracker
+
+    tracker = Tracker(args.experiment)
+    table = runs.compare(tracker, args.run_ids, args.last)
+    if not table.runs:
+        raise G1Error(f"no pipeline runs in experiment {args.experiment!r} at {tracker.uri}")
+    header, body = runs.rows(table)
+    view = Table(title=f"{len(body)} pipeline runs of {args.experiment} ({tracker.uri})")
+    for name in header:
+        view.add_column(name, overflow="fold")
+    for row in body:
+        view.add_row(*row)
+    Console().print(view)
+    for path, data in ((args.markdown, runs.markdown(table).encode()), (args.png, None)):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(data if data is not None else runs.chart(table))
+            log.info("wrote %s", path)
+    log.info(
+        "scores are means ± standard errors; only params that differ are shown. In MLflow: %s", tracker.uri
+    )
+    return 0
+
+
 def add_set_flag(p, help: str) -> None:
     """``--set KEY=VALUE`` (repeatable, into ``args.overrides``): config fields over a command's defaults."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
@@ -444,6 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", default=None, help="the recurring run's name (default <config name>-scheduled)"
     )
     sched.set_defaults(fn=cmd_pipeline_schedule, config="g1-paper")
+
+    runs = top.add_parser("runs", help="pipeline runs in MLflow").add_subparsers(
+        dest="runs_command", required=True
+    )
+    comp_runs = runs.add_parser("compare", help="the last pipeline runs (or given ones) side by side")
+    comp_runs.add_argument("run_ids", nargs="*", help="parent run ids (default: the experiment's last runs)")
+    comp_runs.add_argument(
+        "--experiment", default="g1-local", help="MLflow experiment (the config's tracking)"
+    )
+    comp_runs.add_argument("--last", type=int, default=5, help="how many of the newest pipeline runs")
+    comp_runs.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
+    comp_runs.add_argument("--png", default=None, help="also write a bar chart of the scores to this file")
+    comp_runs.set_defaults(fn=cmd_runs_compare)
 
     for module in ("g1core.models.tiny", "g1core.stack", "g1core.bench_sft", "g1core.gpu_check"):
         try:

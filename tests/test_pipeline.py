@@ -214,7 +214,18 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     parents = client.search_runs(
         [client.get_experiment_by_name("g1-local").experiment_id], "tags.`g1.role` = 'pipeline'"
     )
-    assert [p.info.status for p in parents] == ["FINISHED"]  # the last stage closes the pipeline's run
+    assert [p.info.status for p in parents] == ["FINISHED"]  # the exit handler closes the pipeline's run
+    # ... after putting the run's headline on it, for MLflow's compare view
+    headline = parents[0].data.metrics
+    assert {
+        "score/2048/g1-tiny",
+        "score_se/2048/g1-tiny",
+        "score/2048/random",
+        "sft/perception_exact",
+    } <= headline.keys()
+    assert {"g1/game_reward_first", "g1/game_reward_last", "time/sft_s", "time/evaluate_s"} <= headline.keys()
+    assert parents[0].data.params["model"] == "tiny" and parents[0].data.params["grpo.steps"] == "2"
+    assert parents[0].data.tags["g1.image.g1-cpu"] == image_for("distill")
 
 
 def test_stage_on_real_s3_and_mlflow_server(s3_prefix, mlflow_server, monkeypatch):

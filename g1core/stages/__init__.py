@@ -220,15 +220,28 @@ FINAL_STATUS = {"COMPLETE": "FINISHED", "SUCCEEDED": "FINISHED", "CANCELED": "KI
 
 
 def finish_pipeline_json(
-    config_json: str, pipeline_run_id: str, state: str, error: str = "", artifact_root: str = ""
+    config_json: str,
+    pipeline_run_id: str,
+    state: str,
+    error: str = "",
+    artifact_root: str = "",
+    tags: Mapping[str, str] | None = None,
 ) -> str:
-    """The exit handler's work: end the pipeline's MLflow parent run as the KFP run ended (any state not
-    a success or a cancellation counts as FAILED); returns the URI of the run's evaluation report."""
+    """The exit handler's work: put the run's headline on the pipeline's MLflow parent run (the figures that
+    exist, after a failure too; ``tags`` such as the stage images with it), then end that run as the KFP run
+    ended (any state not a success or a cancellation counts as FAILED); returns the URI of the run's
+    evaluation report."""
+    from ..runs import write_headline
     from ..tracking import Tracker
 
     cfg = config_from_json(config_json)
     status = FINAL_STATUS.get(str(state).upper(), "FAILED")
-    Tracker(cfg.tracking.experiment).finish_pipeline(pipeline_run_id, status)
+    tracker = Tracker(cfg.tracking.experiment)
+    try:
+        write_headline(tracker, cfg, pipeline_run_id, dict(tags or {}))
+    except Exception as err:  # the run's status matters more than its summary: still set it, loudly
+        log.error("pipeline run %s: could not write its headline to MLflow: %s", pipeline_run_id, err)
+    tracker.finish_pipeline(pipeline_run_id, status)
     log.info("pipeline run %s ended %s (KFP state %s%s)", pipeline_run_id, status, state,
              f": {error}" if error else "")  # fmt: skip
     return stage_uri(cfg, pipeline_run_id, "evaluate", artifact_root or None)

@@ -1,0 +1,208 @@
+"""Pipeline runs side by side in MLflow: each run's headline on its parent run, and ``g1 runs compare``.
+
+The stages log their detail in child runs. MLflow's run-comparison view compares runs of one level, so the
+pipeline's parent run carries the headline (:func:`write_headline`, called by the pipeline's exit handler,
+after a failed stage too):
+
+- ``score/<game>/<player>`` and ``score_se/<game>/<player>``: the evaluation's protocol score (the mean over
+  its runs) and its standard error (std / sqrt(runs)), for every player;
+- ``sft/perception_exact``: SFT's held-out perception exact-match; ``g1/game_reward_first`` and
+  ``g1/game_reward_last``: G1's game reward at its first and last logged step;
+- ``time/<stage>_s``: each stage's wall time;
+- params that tell runs apart (model, teacher, games, reward weights, preset, beta, learning rates, steps,
+  seeds) and tags for the g1 version and the stage images.
+
+``compare`` reads those back for the last N pipeline runs of an experiment (or given run ids), keeps the
+params that differ, and renders a rich table, markdown or a PNG chart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import PipelineConfig
+from .tracking import PIPELINE_TAG, ROLE_TAG, STAGE_TAG, StageRun, Tracker, metric_key
+
+log = logging.getLogger(__name__)
+
+SCORE, SCORE_SE = "score/", "score_se/"
+G1_REWARD = "train.rewards/game/mean"  # the GRPO stages' game reward per logged step
+
+
+def headline_params(cfg: PipelineConfig) -> dict[str, str]:
+    """The config values that tell pipeline runs apart, named to sort well in MLflow's compare view."""
+    teacher = cfg.distill.teacher
+    params: dict[str, Any] = {
+        "config": cfg.name,
+        "model": cfg.model.name_or_path,
+        "teacher": teacher.name or teacher.model or teacher.kind,
+        "distill.games": ",".join(cfg.distill.gym.games),
+        "distill.states_per_game": cfg.distill.states_per_game,
+        "distill.seed": cfg.distill.seed,
+        "sft.learning_rate": cfg.sft.learning_rate,
+        "sft.epochs": cfg.sft.epochs,
+        "sft.samples": cfg.sft.samples,
+        "sft.seed": cfg.sft.seed,
+        "grpo.games": ",".join(cfg.grpo.gym.games),
+        "grpo.preset": cfg.grpo.preset,
+        "grpo.beta": cfg.grpo.beta,
+        "grpo.learning_rate": cfg.grpo.learning_rate,
+        "grpo.steps": cfg.grpo.steps,
+        "grpo.seed": cfg.grpo.seed,
+        "evaluate.games": ",".join(cfg.evaluate.games),
+        "evaluate.protocol": f"{cfg.evaluate.runs}x{cfg.evaluate.steps} seed {cfg.evaluate.seed}",
+    }
+    params.update({f"grpo.reward.{k}": v for k, v in sorted(cfg.grpo.reward_weights.items())})
+    return {k: "default" if v is None else str(v) for k, v in params.items()}
+
+
+def headline_metrics(tracker: Tracker, pipeline_run_id: str, runs_per_game: int) -> dict[str, float]:
+    """The headline numbers from the pipeline run's child runs (the newest try of each stage)."""
+    children = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=200,
+    )
+    newest: dict[str, Any] = {}
+    for run in children:
+        stage = run.data.tags.get(STAGE_TAG)
+        if stage and run.data.tags.get(ROLE_TAG) != "pipeline":
+            newest.setdefault(stage, run)
+    out: dict[str, float] = {}
+    for stage, run in newest.items():
+        if run.info.end_time and run.info.start_time:
+            out[metric_key("time", f"{stage}_s")] = (run.info.end_time - run.info.start_time) / 1000
+    if "evaluate" in newest:
+        m = newest["evaluate"].data.metrics
+        for key, mean in m.items():
+            if key.endswith("/mean") and f"{key[:-5]}/std" in m:
+                out[SCORE + key[:-5]] = mean
+                out[SCORE_SE + key[:-5]] = m[f"{key[:-5]}/std"] / math.sqrt(max(runs_per_game, 1))
+    if "sft" in newest and "heldout.perception_exact" in newest["sft"].data.metrics:
+        out["sft/perception_exact"] = newest["sft"].data.metrics["heldout.perception_exact"]
+    if "g1" in newest:
+        history = tracker.client.get_metric_history(newest["g1"].info.run_id, G1_REWARD)
+        if history:
+            steps = sorted(history, key=lambda h: (h.step, h.timestamp))
+            out["g1/game_reward_first"], out["g1/game_reward_last"] = steps[0].value, steps[-1].value
+    return out
+
+
+def write_headline(
+    tracker: Tracker, cfg: PipelineConfig, pipeline_run_id: str, tags: Mapping[str, str]
+) -> dict:
+    """Put the headline on the pipeline's parent run; returns the metrics written. Idempotent: a retried
+    exit handler writes the same params and the same latest values."""
+    from . import __version__
+
+    parent = tracker.parent_run_id(pipeline_run_id)
+    metrics = headline_metrics(tracker, pipeline_run_id, cfg.evaluate.runs)
+    run = StageRun(tracker.client, parent)
+    run.log_params(headline_params(cfg))
+    run.set_tags({"g1.version": __version__, **tags})
+    run.log_metrics(metrics, step=0)
+    log.info("pipeline run %s: %d headline figures on MLflow run %s", pipeline_run_id, len(metrics), parent)
+    return metrics
+
+
+# ---- g1 runs compare -----------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    runs: list[dict] = field(default_factory=list)  # per run: id, name, status, start, params, metrics
+    scores: list[str] = field(default_factory=list)  # "<game>/<player>" keys present in any run
+    others: list[str] = field(default_factory=list)  # other headline metrics present in any run
+    differing: list[str] = field(default_factory=list)  # params whose values differ between the runs
+
+
+def compare(tracker: Tracker, run_ids: Sequence[str] = (), last: int = 5) -> Comparison:
+    """The given parent runs, or the experiment's last ``last`` pipeline runs, newest first."""
+    if run_ids:
+        runs = [tracker.client.get_run(r) for r in run_ids]
+    else:
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'pipeline'",
+            order_by=["attributes.start_time DESC"],
+            max_results=last,
+        )
+    table = Comparison()
+    for r in runs:
+        table.runs.append(
+            {
+                "id": r.info.run_id,
+                "name": r.info.run_name or r.info.run_id,
+                "status": r.info.status,
+                "params": dict(r.data.params),
+                "metrics": dict(r.data.metrics),
+            }
+        )
+    keys = sorted({k for r in table.runs for k in r["metrics"]})
+    table.scores = [k[len(SCORE) :] for k in keys if k.startswith(SCORE)]
+    table.others = [k for k in keys if not k.startswith((SCORE, SCORE_SE, "time/"))]
+    names = sorted({k for r in table.runs for k in r["params"]})
+    table.differing = [n for n in names if len({r["params"].get(n) for r in table.runs}) > 1]
+    return table
+
+
+def _cell(run: dict, score: str) -> str:
+    m = run["metrics"]
+    if SCORE + score not in m:
+        return "-"
+    se = m.get(SCORE_SE + score)
+    return f"{m[SCORE + score]:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+
+
+def rows(table: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: a row per run (status, the differing params, every score with its standard error,
+    the other headline figures)."""
+    header = ["run", "status", *table.differing, *table.scores, *table.others]
+    body = []
+    for r in table.runs:
+        body.append(
+            [r["name"], r["status"]]
+            + [r["params"].get(p, "") for p in table.differing]
+            + [_cell(r, s) for s in table.scores]
+            + [f"{r['metrics'][o]:.4g}" if o in r["metrics"] else "-" for o in table.others]
+        )
+    return header, body
+
+
+def markdown(table: Comparison) -> str:
+    header, body = rows(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def chart(table: Comparison) -> bytes:
+    """A PNG: one group of bars per score, one bar per run, with its standard error."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(table.runs), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table.scores) * n), 4))
+    width = 0.8 / n
+    for i, run in enumerate(table.runs):
+        xs = [j + i * width for j in range(len(table.scores))]
+        ys = [run["metrics"].get(SCORE + s, float("nan")) for s in table.scores]
+        errs = [run["metrics"].get(SCORE_SE + s, 0.0) for s in table.scores]
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=run["name"])
+    ax.set_xticks(
+        [j + 0.4 - width / 2 for j in range(len(table.scores))], table.scores, rotation=60, ha="right"
+    )
+    ax.set_ylabel("protocol score (± standard error)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
