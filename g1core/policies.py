@@ -26,7 +26,8 @@ def work_dir() -> Path:
 
 
 def resolve_model(name_or_path: str, seed: int = 0) -> str:
-    """A loadable model reference: 'tiny' is built offline (once), URIs are downloaded, ids pass through."""
+    """A loadable model reference: 'tiny' is built offline (once), ``models:/<name>@<alias>`` (MLflow's
+    registry) is the URI its version names, URIs are downloaded, ids pass through."""
     if name_or_path == "tiny":
         from .models.tiny import BUILD_VERSION, build_tiny_model
 
@@ -35,6 +36,12 @@ def resolve_model(name_or_path: str, seed: int = 0) -> str:
             log.info("building the tiny Qwen2.5-VL model in %s", out)
             build_tiny_model(out, seed=seed)
         return str(out)
+    if name_or_path.startswith("models:/"):  # a registered version, by alias or number (its g1.model_uri)
+        from .tracking import model_version_uri
+
+        uri = model_version_uri(name_or_path)
+        log.info("%s is %s", name_or_path, uri)
+        return resolve_model(uri, seed)
     if "://" in name_or_path and not name_or_path.startswith("file://"):
         local = work_dir() / "models" / hashlib.sha256(name_or_path.encode()).hexdigest()[:16]
         if not (local / "config.json").is_file():

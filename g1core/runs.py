@@ -106,8 +106,37 @@ def write_headline(
     run.log_params(headline_params(cfg))
     run.set_tags({"g1.version": __version__, **tags})
     run.log_metrics(metrics, step=0)
+    _tag_versions(tracker, cfg, pipeline_run_id, metrics)
     log.info("pipeline run %s: %d headline figures on MLflow run %s", pipeline_run_id, len(metrics), parent)
     return metrics
+
+
+def _tag_versions(
+    tracker: Tracker, cfg: PipelineConfig, pipeline_run_id: str, metrics: Mapping[str, float]
+) -> None:
+    """Tag the registered versions this pipeline run made with their own player's scores (``score/<game>``,
+    ``score_se/<game>``) and the evaluation protocol they were measured under."""
+    from .stages import MODEL_STAGES, registered_name
+
+    protocol = f"{cfg.evaluate.runs}x{cfg.evaluate.steps} seed {cfg.evaluate.seed}"
+    for stage in MODEL_STAGES:
+        label = next((p.label for p in cfg.evaluate.policies if p.kind == "hf" and p.model == stage), None)
+        name = registered_name(cfg, stage)
+        versions = [
+            v
+            for v in tracker.client.search_model_versions(f"name = '{name}'")
+            if v.tags.get(PIPELINE_TAG) == pipeline_run_id and v.tags.get(STAGE_TAG) == stage
+        ]
+        if label is None or not versions:
+            continue
+        suffix = "/" + metric_key(label)
+        tags = {"g1.protocol": protocol}
+        for key, value in metrics.items():
+            if key.startswith((SCORE, SCORE_SE)) and key.endswith(suffix):
+                tags[key[: -len(suffix)]] = f"{value:.6g}"
+        for version in versions:
+            for key, value in tags.items():
+                tracker.client.set_model_version_tag(name, version.version, key, value)
 
 
 # ---- g1 runs compare -----------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ ATTEMPT_TAG = "g1.attempt"  # tries of a stage that share its child run (retries
 RESUME_TAG = "g1.resume_key"  # identifies one stage task across retries (its output URI)
 MODEL_URI_TAG = "g1.model_uri"  # where a stage's model is stored (runs and logged models)
 MODEL_ID_TAG = "g1.model_id"  # the MLflow LoggedModel that records it
+CANDIDATE = "candidate"  # the alias of a registered model's newest version (a promotion moves "champion")
 DEFAULT_EXPERIMENT = "g1"
 PARENT_SETTLE_S = 1.5  # longer than creating a run takes (and than clock skew between pods)
 
@@ -189,6 +190,54 @@ class StageRun:
         self.set_tags({MODEL_URI_TAG: uri, MODEL_ID_TAG: model.model_id})
         log.info("model %s recorded in MLflow by reference: %s", uri, model.model_id)
         return model.model_id
+
+    def register_model(
+        self, name: str, model_id: str, uri: str, tags: Mapping[str, Any], alias: str = CANDIDATE
+    ) -> str:
+        """Register the LoggedModel ``model_id`` (stored at ``uri``) as a version of the registered model
+        ``name``, tagged with ``tags``, and point ``alias`` at it; returns the version. A version made earlier
+        with the same ``g1.pipeline_run_id`` and ``g1.stage`` tags (a retried stage) is reused."""
+        tags = {k: _text(v, MAX_TAG_VAL_LENGTH) for k, v in {**tags, MODEL_URI_TAG: uri}.items()}
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+                raise
+        same = [
+            v
+            for v in self.client.search_model_versions(f"name = '{name}'")
+            if all(v.tags.get(k) == tags.get(k) for k in (PIPELINE_TAG, STAGE_TAG))
+        ]
+        if same:
+            version = max(same, key=lambda v: int(v.version)).version
+        else:
+            created = self.client.create_model_version(
+                name, source=f"models:/{model_id}", run_id=self.run_id, tags=tags, model_id=model_id
+            )
+            version = created.version
+        self.client.set_registered_model_alias(name, alias, version)
+        log.info("registered %s version %s (@%s) -> %s", name, version, alias, uri)
+        return str(version)
+
+
+def model_version_uri(reference: str, uri: str | None = None) -> str:
+    """The storage URI of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: the ``g1.model_uri``
+    tag its registered version carries (the weights stay where the stage wrote them)."""
+    body = reference.removeprefix("models:/")
+    client = MlflowClient(tracking_uri=uri or tracking_uri())
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif "/" in body:
+        name, number = body.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    else:
+        raise ValueError(f"{reference!r}: give models:/<name>@<alias> or models:/<name>/<version>")
+    if MODEL_URI_TAG not in version.tags:
+        raise ValueError(
+            f"{reference!r} (version {version.version}) has no {MODEL_URI_TAG} tag: not a g1 model"
+        )
+    return version.tags[MODEL_URI_TAG]
 
 
 class Tracker:

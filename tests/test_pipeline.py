@@ -226,6 +226,13 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     assert {"g1/game_reward_first", "g1/game_reward_last", "time/sft_s", "time/evaluate_s"} <= headline.keys()
     assert parents[0].data.params["model"] == "tiny" and parents[0].data.params["grpo.steps"] == "2"
     assert parents[0].data.tags["g1.image.g1-cpu"] == image_for("distill")
+    # each training stage's model is a registered version, @candidate, tagged with its own scores
+    g1_version = client.get_model_version_by_alias("g1-local-g1", "candidate")
+    assert g1_version.tags["g1.model_uri"] == str(run_dir / "g1" / "model")
+    assert g1_version.tags["score/2048"] == f"{headline['score/2048/g1-tiny']:.6g}"
+    assert g1_version.tags["g1.protocol"] == "1x2 seed 0"
+    sft_version = client.get_model_version_by_alias("g1-local-sft", "candidate")
+    assert sft_version.tags["g1.dataset_sha256"] and sft_version.tags["g1.config_sha256"]
 
 
 def test_stage_on_real_s3_and_mlflow_server(s3_prefix, mlflow_server, monkeypatch):

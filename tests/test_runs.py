@@ -91,3 +91,33 @@ def test_a_failed_run_keeps_the_figures_that_exist(mlflow_server, monkeypatch):
     )
     assert not [k for k in parent.data.metrics if k.startswith("score/")]  # no evaluation ran
     assert parent.data.params["model"] == "tiny"
+
+
+def test_models_are_registered_by_reference_with_a_candidate_alias(mlflow_server, monkeypatch, tmp_path):
+    """A training stage's model becomes a version of <config>-<stage> pointing at its stored folder (no copy),
+    tagged with its pipeline run and fingerprints; the newest is @candidate; a retried stage does not register
+    twice; models:/<name>@<alias> resolves to the folder wherever a model is named."""
+    from g1core.policies import resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    tracker = Tracker("registry", mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server)
+    folders = {}
+    for run_id in ("first", "second", "second"):  # the second pipeline run's stage is retried once
+        folders[run_id] = tmp_path / run_id / "model"
+        folders[run_id].mkdir(parents=True, exist_ok=True)
+        (folders[run_id] / "config.json").write_text("{}")
+        with tracker.stage_run("g1", run_id) as run:
+            model_id = run.log_model_reference(str(folders[run_id]), name="reg-g1")
+            tags = {"g1.pipeline_run_id": run_id, "g1.stage": "g1", "g1.config_sha256": "abc"}
+            run.register_model("reg-g1", model_id, str(folders[run_id]), tags)
+    versions = sorted(client.search_model_versions("name = 'reg-g1'"), key=lambda v: int(v.version))
+    assert [v.tags["g1.pipeline_run_id"] for v in versions] == ["first", "second"]
+    assert versions[1].tags["g1.model_uri"] == str(folders["second"]) and versions[1].source.startswith(
+        "models:/"
+    )
+    assert client.get_model_version_by_alias("reg-g1", "candidate").version == versions[1].version
+    assert resolve_model("models:/reg-g1@candidate") == str(folders["second"])
+    assert resolve_model(f"models:/reg-g1/{versions[0].version}") == str(folders["first"])
+    with pytest.raises(Exception, match="champion"):
+        resolve_model("models:/reg-g1@champion")  # no such alias yet: a clear error, not a fallback

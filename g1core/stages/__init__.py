@@ -148,12 +148,17 @@ def run_stage(
             result = module.run(cfg, output_uri=uri, progress=progress, **inputs, **sinks)
             step, model_id = getattr(result, "steps", 0), None  # the stage's last step, if it counts any
             if getattr(result, "model_uri", None):
+                tags = {"g1.pipeline_run_id": pipeline_run_id, "g1.stage": stage}
                 model_id = run.log_model_reference(
                     result.model_uri,
-                    name=f"{cfg.name}-{stage}",
+                    name=registered_name(cfg, stage),
                     params={"base_model": cfg.model.name_or_path, **inputs},
-                    tags={"g1.pipeline_run_id": pipeline_run_id, "g1.stage": stage},
+                    tags=tags,
                     step=step,
+                )
+                fingerprints = _fingerprints(cfg, stage, inputs)
+                run.register_model(
+                    registered_name(cfg, stage), model_id, result.model_uri, {**tags, **fingerprints}
                 )
             # final numbers at that step, so the histories streamed during the stage end on them
             run.log_metrics({**module.metrics(result), **_peak_memory(stage)}, step=step, model_id=model_id)
@@ -169,6 +174,27 @@ def run_stage(
     if finish_pipeline and pipeline_status:
         tracker.finish_pipeline(pipeline_run_id, "FINISHED")
     return uri
+
+
+def registered_name(cfg: PipelineConfig, stage: str) -> str:
+    """The MLflow registered model a training stage's models are versions of: ``<config name>-<stage>``."""
+    return f"{cfg.name}-{stage}"
+
+
+def _fingerprints(cfg: PipelineConfig, stage: str, inputs: Mapping[str, Any]) -> dict[str, str]:
+    """What a model version was made from: its config section's hash, and its data set's (the manifest)."""
+    import hashlib
+    import json
+
+    section = json.dumps(_section(cfg, stage), sort_keys=True).encode()
+    out = {"g1.config_sha256": hashlib.sha256(section).hexdigest()[:16]}
+    dataset = inputs.get("dataset_uri")
+    if dataset:
+        manifest = storage.read_bytes(storage.join(dataset, "manifest.jsonl"))
+        out.update(
+            {"g1.dataset_uri": dataset, "g1.dataset_sha256": hashlib.sha256(manifest).hexdigest()[:16]}
+        )
+    return out
 
 
 def _peak_memory(stage: str) -> dict[str, float]:
