@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("g0", "GRPO RL from the base model (G0)"),
         ("g1", "GRPO RL from the sft stage's model (G1)"),
         ("evaluate", "score players under the paper's protocol, with a report"),
+        ("promote", "the promotion gate: does this run's model become the registered champion?"),
     ):
         p = top.add_parser(stage, help=text)
         _config_args(p)

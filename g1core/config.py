@@ -504,6 +504,30 @@ class GrpoConfig(TrainingSettings):
         return {k: (preset[k] if getattr(self, k) is None else getattr(self, k)) for k in preset}
 
 
+class PromoteConfig(Section):
+    """The promotion gate: does this run's model replace the registered ``champion``?"""
+
+    stage: Literal["sft", "g0", "g1"] = Field(
+        default="g1", description="The training stage whose model is the candidate (its evaluation player)."
+    )
+    teacher: str | None = Field(
+        default=None,
+        description="The evaluation player whose per-game scores normalise the others' (scores differ by "
+        "orders of magnitude between games); None = the first player that is neither a model nor random.",
+    )
+    margin_se: float = Field(
+        default=2.0,
+        ge=0,
+        description="Promote only when the mean teacher-normalised score beats the champion's by more than "
+        "this many standard errors of the difference (noise, with 10 runs a game, is large).",
+    )
+    worse_se: float = Field(
+        default=2.0,
+        ge=0,
+        description="... and no game is worse than the champion's by more than this many standard errors.",
+    )
+
+
 class TrackingConfig(Section):
     experiment: str = Field(default="g1", description="MLflow experiment that holds the pipeline's runs.")
 
@@ -521,6 +545,7 @@ class PipelineConfig(Section):
     sft: SftConfig = Field(default_factory=SftConfig, description="Perception-enhanced SFT (cold start).")
     grpo: GrpoConfig = Field(default_factory=GrpoConfig, description="GRPO RL (G0 from base, G1 from SFT).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation stage.")
+    promote: PromoteConfig = Field(default_factory=PromoteConfig, description="The promotion gate.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow settings.")
 
 

@@ -2,6 +2,7 @@
 
     base model ──────────────────────────── grpo (G0) ──┐
     base model ── distill ── sft ────────── grpo (G1) ──┴── evaluate (base, G0, SFT, G1, teacher, random)
+    ... evaluate ── promote (the new G1 becomes the registered champion, or the decision says why not)
     finish (exit handler): the MLflow pipeline run ends FINISHED, FAILED or KILLED as the KFP run did
 
 Each stage is a lightweight KFP component (components/), so the same function runs in a pod and in
@@ -27,6 +28,7 @@ from components.distill import distill
 from components.evaluate import evaluate
 from components.finish import finish
 from components.grpo import grpo
+from components.promote import promote
 from components.sft import sft
 from g1core.config import config_to_json, load_config
 
@@ -70,6 +72,8 @@ STAGE_RESOURCES = {
     "grpo": dict(GPU_TRAINING_NODE),
     # scratch: the base model and the three trained ones, 15.4 GiB each at 7B
     "evaluate": {"cpu": "8", "memory": "64G", "gpus": 1, "shm": "16Gi", "scratch": "100Gi"},
+    # the promotion gate: MLflow calls, and the champion played again on one GPU when its scores are stale
+    "promote": {"cpu": "8", "memory": "64G", "gpus": 1, "shm": "16Gi", "scratch": "50Gi"},
     # the exit handler: a few MLflow calls
     "finish": {"cpu": "250m", "memory": "1G", "gpus": 0, "retries": 3},
 }
@@ -260,6 +264,14 @@ def make_pipeline(settings: PodSettings = PodSettings()):  # noqa: B008 (frozen,
             )
             configure(report, "evaluate", settings, (S3_SECRET, HF_SECRET, TEACHER_SECRET))
             report.set_display_name("evaluate")
+            gate = promote(
+                config_json=config_json,
+                pipeline_run_id=run_id,
+                artifact_root=artifact_root,
+                report_uri=report.outputs["Output"],
+            )
+            configure(gate, "promote", settings, (S3_SECRET, HF_SECRET))
+            gate.set_display_name("promote")
         return done.output  # the report's URI: outputs come from the top level, where the exit handler is
 
     return g1_pipeline

@@ -94,6 +94,7 @@ def test_pod_settings_are_compiled_in():
         ("evaluate", "sft_uri"): "sft",
         ("evaluate", "g0_uri"): "grpo",
         ("evaluate", "g1_uri"): "grpo-2",
+        ("promote", "report_uri"): "evaluate",
     }
     # typed artifacts: importers record the data set and the three models at their S3 URIs (no copy)
     importers = {
@@ -182,7 +183,7 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
 
     rows = runs_table("g1-local", run_id, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     stages = sorted((r["stage"], r["status"]) for r in rows)
-    done = [(stage, "FINISHED") for stage in ("distill", "evaluate", "g0", "g1", "sft")]
+    done = [(stage, "FINISHED") for stage in ("distill", "evaluate", "g0", "g1", "promote", "sft")]
     assert stages == done
     import mlflow
 
@@ -228,6 +229,10 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     assert parents[0].data.tags["g1.image.g1-cpu"] == image_for("distill")
     # each training stage's model is a registered version, @candidate, tagged with its own scores
     g1_version = client.get_model_version_by_alias("g1-local-g1", "candidate")
+    # the gate promoted it: no champion before, so the first candidate is the champion
+    assert client.get_model_version_by_alias("g1-local-g1", "champion").version == g1_version.version
+    decision = json.loads((run_dir / "promote" / "decision.json").read_text())
+    assert decision["promote"] and decision["candidate"] == str(g1_version.version)
     assert g1_version.tags["g1.model_uri"] == str(run_dir / "g1" / "model")
     assert g1_version.tags["score/2048"] == f"{headline['score/2048/g1-tiny']:.6g}"
     assert g1_version.tags["g1.protocol"] == "1x2 seed 0"

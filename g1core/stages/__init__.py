@@ -22,7 +22,7 @@ from ..config import PipelineConfig, config_from_json
 
 log = logging.getLogger(__name__)
 
-STAGES = ("distill", "sft", "g0", "g1", "evaluate")
+STAGES = ("distill", "sft", "g0", "g1", "evaluate", "promote")
 # Stages that run another stage's code and config section: G0 and G1 are both GRPO (grpo.py, the grpo
 # section), G0 from the base model, G1 from the sft stage's model.
 STAGE_CODE = {"g0": "grpo", "g1": "grpo"}
@@ -33,6 +33,7 @@ REPORT_FILES = {
     "g0": ("result.json",),
     "g1": ("result.json",),
     "evaluate": ("report.md", "table.md", "table.csv", "results.json"),
+    "promote": ("decision.md", "decision.json"),
 }
 # Stages that train a model, kept under MODEL_DIR of their output; an evaluation player names one
 # (``kind: hf, model: sft``) to play the model that stage trained in the same pipeline run.
@@ -145,6 +146,8 @@ def run_stage(
             run.set_tags({f"g1.input.{k}": v for k, v in flatten(inputs).items()})
             log.info("stage %s of pipeline run %s -> %s", stage, pipeline_run_id, uri)
             sinks = {"on_metrics": run.log_metrics} if _takes(module.run, "on_metrics") else {}
+            if _takes(module.run, "pipeline_run_id"):  # the promotion gate finds this run's model by it
+                sinks["pipeline_run_id"] = pipeline_run_id
             result = module.run(cfg, output_uri=uri, progress=progress, **inputs, **sinks)
             step, model_id = getattr(result, "steps", 0), None  # the stage's last step, if it counts any
             if getattr(result, "model_uri", None):

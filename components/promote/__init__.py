@@ -1,0 +1,3 @@
+from .component import promote
+
+__all__ = ["promote"]
