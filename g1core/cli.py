@@ -37,6 +37,19 @@ def _policy(args):
     from g1core.gym.policies import make_policy
     from g1core.gym.rewards import parse_weights
 
+    if args.policy == "hf":  # a model: an id, a folder, a URI or models:/<name>@<alias> (MLflow's registry)
+        from g1core.config import PolicyConfig, load_config
+        from g1core.policies import build_policy
+
+        if not args.model:
+            raise ValueError("--policy hf needs --model (e.g. models:/g1-paper-g1@champion)")
+        cfg = load_config(args.config)  # its model section: the pixel budget, dtype and prompt limit
+        player = PolicyConfig(
+            kind="hf", model=args.model, max_new_tokens=args.max_new_tokens, seed=args.policy_seed
+        )
+        return build_policy(player, cfg.model)
+    if args.model:
+        raise ValueError("--model applies to --policy hf only")
     kwargs = {"seed": args.policy_seed}
     if args.policy == "oracle":
         kwargs["skill"] = args.skill
@@ -342,7 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def policy_args(p):
-        p.add_argument("--policy", choices=["random", "oracle", "reward-greedy"], default="random")
+        p.add_argument("--policy", choices=["random", "oracle", "reward-greedy", "hf"], default="random")
+        p.add_argument("--model", default=None, help="hf only: a model, e.g. models:/g1-paper-g1@champion")
+        p.add_argument("--max-new-tokens", type=int, default=1024, help="hf only: the answer's token budget")
+        p.add_argument(
+            "--config", default="local-tiny", help="hf only: the config whose model section applies"
+        )
         p.add_argument("--skill", type=float, default=1.0, help="oracle only: chance of the oracle's move")
         p.add_argument(
             "--reward",

@@ -52,7 +52,7 @@ SWAPS = {
     "evaluate.runs=1": "10 runs cut to 1",
     "evaluate.steps=1": "100 steps cut to 1",
 }
-STAGES = ("distill", "sft", "g0", "g1", "evaluate")
+STAGES = ("distill", "sft", "g0", "g1", "evaluate", "promote")
 
 
 def run_dag(env: dict[str, str], work: Path, images_file: Path) -> str:

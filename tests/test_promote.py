@@ -42,7 +42,7 @@ def _gate(cfg, run_id: str, root: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(uri, "decision.json")))
 
 
-def test_promote_refuse_and_rerun(mlflow_server, monkeypatch, tmp_path):
+def test_promote_refuse_and_rerun(mlflow_server, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     cfg, root = _cfg("gate"), str(tmp_path / "artifacts")
     tracker, client = Tracker("gate", mlflow_server), mlflow.MlflowClient(mlflow_server)
@@ -75,6 +75,17 @@ def test_promote_refuse_and_rerun(mlflow_server, monkeypatch, tmp_path):
         [client.get_experiment_by_name("gate").experiment_id], "tags.`g1.stage` = 'promote'"
     )
     assert {r.data.metrics["promoted"] for r in promote_runs} == {0.0, 1.0}
+
+    # the champion by its alias, played as `g1 gym play` plays any policy
+    from g1core.cli import main
+
+    args = ["gym", "play", "--game", "2048", "--policy", "hf", "--model", f"models:/{name}@champion"]
+    assert (
+        main([*args, "--runs", "1", "--steps", "1", "--max-new-tokens", "8", "--screen", "112", "--json"])
+        == 0
+    )
+    played = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert played["game"] == "2048" and played["runs"] == 1
 
 
 def test_a_champion_from_another_protocol_is_played_again(mlflow_server, monkeypatch, tmp_path):
