@@ -12,7 +12,7 @@ from g1core import storage
 from g1core.config import config_to_json, load_config
 from g1core.policies import resolve_model
 from g1core.stages import finish_pipeline_json, run_stage
-from g1core.stages.promote import decide
+from g1core.stages.promote import DECISION, decide
 from g1core.tracking import Tracker
 
 
@@ -71,6 +71,12 @@ def test_promote_refuse_and_rerun(mlflow_server, monkeypatch, tmp_path, capsys):
     assert _gate(cfg, "r3", root) == third and _gate(cfg, "r2", root) == second
     assert len(client.search_model_versions(f"name = '{name}'")) == versions
     assert client.get_model_version_by_alias(name, "champion").version == "2"
+    # a crash after the alias moved but before the decision was written: the rerun sees it is done
+    storage.delete(f"{root}/gate/r2/promote/{DECISION}")
+    again = _gate(cfg, "r2", root)
+    assert again["promote"] and again["champion"] == "2" and "already the champion" in again["reasons"][0]
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions
     promote_runs = client.search_runs(
         [client.get_experiment_by_name("gate").experiment_id], "tags.`g1.stage` = 'promote'"
     )

@@ -145,10 +145,10 @@ def run_stage(
             inputs = stage_inputs(stage, cfg, pipeline_run_id, artifact_root, upstream)
             run.set_tags({f"g1.input.{k}": v for k, v in flatten(inputs).items()})
             log.info("stage %s of pipeline run %s -> %s", stage, pipeline_run_id, uri)
-            sinks = {"on_metrics": run.log_metrics} if _takes(module.run, "on_metrics") else {}
+            extra = {"on_metrics": run.log_metrics} if _takes(module.run, "on_metrics") else {}
             if _takes(module.run, "pipeline_run_id"):  # the promotion gate finds this run's model by it
-                sinks["pipeline_run_id"] = pipeline_run_id
-            result = module.run(cfg, output_uri=uri, progress=progress, **inputs, **sinks)
+                extra["pipeline_run_id"] = pipeline_run_id
+            result = module.run(cfg, output_uri=uri, progress=progress, **inputs, **extra)
             step, model_id = getattr(result, "steps", 0), None  # the stage's last step, if it counts any
             if getattr(result, "model_uri", None):
                 tags = {"g1.pipeline_run_id": pipeline_run_id, "g1.stage": stage}
