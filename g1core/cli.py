@@ -262,9 +262,28 @@ def cmd_pipeline_compile(args) -> int:
 def cmd_pipeline_run(args) -> int:
     if not args.local:
         raise ValueError("only --local runs are started from here; use 'g1 pipeline submit' for a cluster")
+    from rich.console import Console
+    from rich.table import Table
+
+    from g1core.config import load_config
+    from g1core.runs import run_summary
+    from g1core.tracking import tracking_uri
     from pipelines.local import run_local
 
-    print(run_local(args.config, args.overrides, args.work_dir, args.containers, args.images_file))
+    report = run_local(args.config, args.overrides, args.work_dir, args.containers, args.images_file)
+    cfg = load_config(args.config, args.overrides)
+    header, rows, notes = run_summary(cfg, report, tracking_uri())
+    view = Table()
+    for name in header:
+        view.add_column(name)
+    for row in rows:
+        view.add_row(*row)
+    console = Console(stderr=True)  # stdout's last line stays the report's URI, for scripts
+    console.print(f"pipeline {cfg.name}: the evaluation", highlight=False, soft_wrap=True)
+    console.print(view)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True)
+    print(report)
     return 0
 
 

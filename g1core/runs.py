@@ -235,3 +235,45 @@ def chart(table: Comparison) -> bytes:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+# ---- what a local pipeline run ends by showing -----------------------------------------------------------
+def run_summary(
+    cfg: PipelineConfig, report_uri: str, tracking: str
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """The evaluation's table (every player on every game, mean ± standard error) and the lines that say
+    what ran and where to look: (header, rows, notes)."""
+    import csv
+    import io
+
+    from . import storage
+
+    table = list(
+        csv.DictReader(io.StringIO(storage.read_bytes(storage.join(report_uri, "table.csv")).decode()))
+    )
+    games = list(dict.fromkeys(r["game"] for r in table))
+    players = list(dict.fromkeys(r["policy"] for r in table))
+    cell = {(r["game"], r["policy"]): r for r in table}
+    runs = cfg.evaluate.runs
+    rows = []
+    for player in players:
+        row = [player]
+        for game in games:
+            r = cell.get((game, player))
+            row.append(f"{float(r['mean']):.3g} ± {float(r['std']) / math.sqrt(runs):.2g}" if r else "-")
+        rows.append(row)
+    notes = [f"evaluation: {runs} runs x {cfg.evaluate.steps} steps per game; score ± standard error"]
+    if cfg.model.name_or_path == "tiny":
+        notes.append(
+            "this is the smoke scale (a random-weight tiny model, a few training steps): the scores say the "
+            "pipeline ran, not that it learned; `g1 bench sft` and `g1 bench grpo` show learning "
+            "(docs/benchmarks.md, docs/findings.md)"
+        )
+    notes.append(f"report and plots: {report_uri} (report.md, table.md, plot-*.png)")
+    if tracking.startswith("sqlite:///"):
+        notes.append(
+            f"MLflow: .venv/bin/mlflow ui --backend-store-uri {tracking}   (then http://127.0.0.1:5000)"
+        )
+    else:
+        notes.append(f"MLflow: {tracking}")
+    return ["player", *games], rows, notes

@@ -158,6 +158,12 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report_uri = done.stdout.strip().splitlines()[-1]
+    # the run ends by telling: the evaluation's table, the scale it ran at, where to look next
+    summary = done.stderr[done.stderr.rindex("pipeline g1-local: the evaluation") :]
+    assert "g1-tiny" in summary and "±" in summary and "smoke scale" in summary
+    assert (
+        f"report and plots: {report_uri}" in summary and "mlflow ui --backend-store-uri sqlite:///" in summary
+    )
     # KFP's own view of the run: the evaluation's scores as a Metrics artifact, its report as Markdown
     (evaluate_out,) = (tmp_path / "kfp").glob("g1-*/evaluate/executor_output.json")
     shown = {
