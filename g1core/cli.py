@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp_runs.add_argument("--png", default=None, help="also write a bar chart of the scores to this file")
     comp_runs.set_defaults(fn=cmd_runs_compare)
 
-    for module in ("g1core.models.tiny", "g1core.stack", "g1core.bench_sft", "g1core.gpu_check"):
+    for module in ("g1core.models.tiny", "g1core.stack", "g1core.bench", "g1core.gpu_check"):
         try:
             import_module(module).register_cli(top)
         except ModuleNotFoundError as err:  # an optional part that is not installed

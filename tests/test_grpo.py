@@ -175,7 +175,7 @@ def test_grpo_trains_logs_every_metric_and_resumes_exactly(tmp_path, s3_prefix):
 
 
 def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
-    from g1core.bench_grpo import _edge_mean, bench_grpo
+    from g1core.bench.grpo import _edge_mean, bench_grpo
     from g1core.gym.rewards import parse_weights
 
     assert _edge_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], first=True) == 1.5
@@ -209,7 +209,7 @@ def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
 
 
 def test_bench_grpo_flags_set_the_reward_and_the_warmup_of_the_grpo_states():
-    from g1core.bench_grpo import grpo_overrides
+    from g1core.bench.grpo import grpo_overrides
     from g1core.cli import build_parser
 
     args = build_parser().parse_args(["bench", "grpo", "--game", "2048:size=2", "--reward", "legal=1"])
@@ -236,7 +236,7 @@ def test_bench_grpo_flags_set_the_reward_and_the_warmup_of_the_grpo_states():
 def test_bench_grpo_refuses_a_bad_setting_before_it_distils(tmp_path):
     from pydantic import ValidationError
 
-    from g1core.bench_grpo import bench_grpo
+    from g1core.bench.grpo import bench_grpo
 
     with pytest.raises(ValidationError, match="betta"):
         bench_grpo(work_dir=tmp_path, grpo_overrides={"betta": 0.1})

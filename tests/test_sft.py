@@ -8,7 +8,7 @@ from conftest import distill_oracle_data
 from safetensors.torch import load_file
 
 from g1core import storage
-from g1core.bench_sft import register_cli
+from g1core.bench import register_cli
 from g1core.config import ConfigError
 from g1core.models.loading import IGNORE_INDEX, load_model
 from g1core.stages import distill, sft
@@ -183,7 +183,7 @@ def test_bench_cli_parses():
 
 def test_bench_sft_mix_reports_the_main_game_and_each_game(tmp_path):
     """A mix trains both games on the main game's screen; warm-up 0 distils fresh boards."""
-    from g1core.bench_sft import bench_sft
+    from g1core.bench.sft import bench_sft
 
     quick = {"heldout_per_game": 2, "eval_max_new_tokens": 8, "eval_every": 0}
     out = bench_sft(

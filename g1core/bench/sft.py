@@ -13,80 +13,12 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .gym.pool import GameSpec
+from ..gym.pool import GameSpec
+from .settings import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BenchGame:
-    """Per-game benchmark defaults: the time budget and the data set size."""
-
-    minutes: float
-    states: int
-
-
-BENCH_GAMES = {
-    "2048": BenchGame(minutes=10.0, states=8000),
-    "shisen-sho": BenchGame(minutes=20.0, states=8000),
-    "shisen-sho-cifar10": BenchGame(minutes=20.0, states=8000),
-    "swap": BenchGame(minutes=20.0, states=8000),
-}
-# Qwen2.5-VL merges 2x2 patches of 14 px into one visual token: a 28 px cell is exactly one token
-CELL_PX = 28
-
-
-def bench_screen(spec: GameSpec) -> tuple[int, int]:
-    """The screen (height, width) on which each cell of ``spec``'s board is one merged visual token."""
-    from . import gym
-
-    env = gym.make(spec.game, render_mode=None, **spec.knobs).unwrapped
-    return CELL_PX * env.rows, CELL_PX * env.cols
-
-
-MAX_SAMPLES_PER_S = 200  # well above the tiny model's SFT speed on a CPU (~45 samples/s on 2 cores)
-# Calibrated on the tiny model (2048, 10 min): a constant 1e-3 reads 0.875 of held-out boards exactly at
-# the end; a linear decay from 2e-3 over the same budget found the board later and ended at 0.72.
-BENCH_SFT = {
-    "learning_rate": 1e-3,
-    "lr_scheduler": "constant",
-    "warmup_ratio": 0.0,
-    "time_cooldown": 0.3,
-    "batch_size": 16,
-    "heldout_per_game": 64,
-    "eval_every": 100,
-    "checkpoint_every": 10_000,
-    "log_every": 25,
-}
-
-
-def bench_config(
-    specs: list[GameSpec],
-    screen: tuple[int, int],
-    states: int,
-    seed: int,
-    skill: float,
-    warmup: int | None = None,
-):
-    """The pipeline config of a benchmark: ``states`` oracle-teacher states of each game at ``screen``,
-    reached by ``warmup`` random moves from a fresh board (None: the pool's default per game)."""
-    from .config import load_config
-
-    overrides = [
-        f"distill.gym.games={[str(s) for s in specs]!r}",
-        f"distill.gym.screen_size=[{screen[0]},{screen[1]}]",
-        f"distill.states_per_game={states}",
-        "distill.teacher.kind=oracle",
-        f"distill.teacher.skill={skill}",
-        f"distill.seed={seed}",
-        "distill.batch_size=256",
-    ]
-    if warmup is not None:
-        overrides.append(f"distill.gym.warmup={ {s.game: int(warmup) for s in specs}!r}")
-    return load_config(None, overrides)
 
 
 def _protocol(
@@ -100,8 +32,8 @@ def _protocol(
     temperature: float,
 ) -> float:
     """Mean protocol score of the model playing ``runs`` x ``steps`` at ``temperature`` (0 = greedy)."""
-    from .gym.protocol import play
-    from .models.policy import HFPolicy
+    from ..gym.protocol import play
+    from ..models.policy import HFPolicy
 
     policy = HFPolicy(
         model=model,
@@ -115,8 +47,8 @@ def _protocol(
 
 def _random_score(game: str, screen: tuple[int, int], runs: int, steps: int) -> float:
     """The random policy's protocol score on the same boards: the bar a trained model has to clear."""
-    from .gym.policies import RandomPolicy
-    from .gym.protocol import play
+    from ..gym.policies import RandomPolicy
+    from ..gym.protocol import play
 
     return play(game, RandomPolicy(seed=0), runs, steps, screen_size=screen, progress=False).mean
 
@@ -142,11 +74,11 @@ def bench_sft(
     the perception figures are ``game``'s own, with every game's in ``by_game``. ``warmup`` sets the random
     moves that lead to each sampled state (default: the pool's per game; 0 = fresh boards).
     """
-    from .config import PolicyConfig
-    from .models.budget import PixelBudget
-    from .models.loading import load_model
-    from .policies import resolve_model
-    from .stages import distill, sft
+    from ..config import PolicyConfig
+    from ..models.budget import PixelBudget
+    from ..models.loading import load_model
+    from ..policies import resolve_model
+    from ..stages import distill, sft
 
     spec = GameSpec.parse(game)
     specs = [spec, *(GameSpec.parse(g) for g in mix or ())]
@@ -281,10 +213,8 @@ def cmd_bench_sft(args) -> int:
     return 0
 
 
-def register_cli(subparsers) -> None:
-    """Add ``bench`` (with ``sft`` and ``grpo``) to the ``g1`` command's subparsers."""
-    bench = subparsers.add_parser("bench", help="learning benchmarks (sft, grpo)")
-    commands = bench.add_subparsers(dest="bench_command", required=True)
+def register_cli(commands) -> None:
+    """Add ``sft`` to the ``g1 bench`` subcommands."""
     p = commands.add_parser("sft", help="SFT cold start on CPU: tiny model, oracle data, before/after")
     p.add_argument("--game", default="2048", help=f"one of {', '.join(BENCH_GAMES)} (default 2048)")
     p.add_argument("--minutes", type=float, default=None, help="SFT wall-time budget (default per game)")
@@ -305,6 +235,3 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_bench_sft)
-    from .bench_grpo import register_cli as register_grpo
-
-    register_grpo(commands)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_sft import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
-from .gym.policies import OraclePolicy, Policy, RandomPolicy, RewardGreedyPolicy
-from .gym.pool import WARMUP_DRAWS, GameSpec
+from ..gym.policies import OraclePolicy, Policy, RandomPolicy, RewardGreedyPolicy
+from ..gym.pool import WARMUP_DRAWS, GameSpec
+from .settings import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _edge_mean(series: list[float], first: bool, share: float = 0.1) -> float:
 def stream_game_reward(grpo_cfg, policy, states: int = 512) -> float:
     """Mean game reward of a model-free policy's moves on the first ``states`` rows of the GRPO run's own
     state stream: the teacher's (and the random policy's) number in the trained model's own measure."""
-    from .stages.grpo import StateStream, training_pool
+    from ..stages.grpo import StateStream, training_pool
 
     s = grpo_cfg.grpo
     pool = training_pool(s)
@@ -95,11 +95,11 @@ def bench_grpo(
 
     ``grpo_overrides`` and ``sft_overrides`` replace fields of the two stages' benchmark settings (a
     ``gym`` entry of ``grpo_overrides`` is merged into the GRPO gym section, whose games are the bench's)."""
-    from .config import PolicyConfig
-    from .models.budget import PixelBudget
-    from .models.loading import load_model
-    from .policies import build_policy, resolve_model
-    from .stages import distill, grpo, sft
+    from ..config import PolicyConfig
+    from ..models.budget import PixelBudget
+    from ..models.loading import load_model
+    from ..policies import build_policy, resolve_model
+    from ..stages import distill, grpo, sft
 
     spec = GameSpec.parse(game)
     screen = bench_screen(spec)
@@ -144,7 +144,7 @@ def bench_grpo(
             """The player's protocol score: mean and standard error over the runs."""
             if not protocol_runs:
                 return float("nan"), float("nan")
-            from .gym.protocol import play
+            from ..gym.protocol import play
 
             policy = player if isinstance(player, Policy) else build_policy(player, cfg.model)
             result = play(
@@ -215,8 +215,8 @@ def bench_grpo(
 def grpo_overrides(args) -> dict:
     """The GRPO settings that ``g1 bench grpo``'s flags change (reward weights, the states' warm-up, and any
     field of the stage's config through ``--set``, applied last)."""
-    from .config import apply_overrides
-    from .gym.rewards import parse_weights
+    from ..config import apply_overrides
+    from ..gym.rewards import parse_weights
 
     overrides: dict = {"gym": {"warmup_draw": args.warmup_draw}}
     if args.warmup is not None:
@@ -256,7 +256,7 @@ def cmd_bench_grpo(args) -> int:
 
 def register_cli(bench) -> None:
     """Add ``grpo`` to the ``g1 bench`` subcommands."""
-    from .cli import add_set_flag
+    from ..cli import add_set_flag
 
     p = bench.add_parser(
         "grpo", help="GRPO on CPU: tiny model, G1 (from SFT) and G0 (from base), protocol scores"
