@@ -374,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def policy_args(p):
-        p.add_argument("--policy", choices=["random", "oracle", "reward-greedy", "hf"], default="random")
+        p.add_argument(
+            "--policy",
+            choices=["random", "oracle", "reward-greedy", "hf"],
+            default="random",
+            help="who plays: random moves, the oracle, the best one-step move for a reward, or a model",
+        )
         p.add_argument("--model", default=None, help="hf only: a model, e.g. models:/g1-paper-g1@champion")
         p.add_argument("--max-new-tokens", type=int, default=1024, help="hf only: the answer's token budget")
         p.add_argument(
@@ -387,13 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="NAME=WEIGHT",
             help="reward-greedy only: a reward weight over the paper's (repeatable), e.g. survival=2",
         )
-        p.add_argument("--policy-seed", type=int, default=0)
+        p.add_argument("--policy-seed", type=int, default=0, help="seed of the policy's own randomness")
 
     play = gym.add_parser("play", help="score a policy under the paper's evaluation protocol")
     play.add_argument("--game", nargs="+", default=["all"], help="game names (or game:knob=value), or 'all'")
     policy_args(play)
-    play.add_argument("--runs", type=int, default=10)
-    play.add_argument("--steps", type=int, default=100)
+    play.add_argument("--runs", type=int, default=10, help="runs per game from fresh boards (paper: 10)")
+    play.add_argument("--steps", type=int, default=100, help="steps per run (paper: 100)")
     play.add_argument("--seed", type=int, default=0, help="run i starts from reset(seed + i)")
     play.add_argument("--screen", type=_size, default=(840, 640), help="screen HEIGHTxWIDTH the policy sees")
     play.add_argument("--json", action="store_true", help="one JSON object per game")
@@ -401,17 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = gym.add_parser("show", help="write a game's screen as PNG, or a whole episode as GIF")
     show.add_argument("--game", required=True, help="a game name, or game:knob=value,...")
-    show.add_argument("--seed", type=int, default=0)
-    show.add_argument("-o", "--output", required=True)
+    show.add_argument("--seed", type=int, default=0, help="the board's seed")
+    show.add_argument("-o", "--output", required=True, help="the PNG (or, with --episode, GIF) to write")
     show.add_argument("--screen", type=_size, default=(840, 640), help="HEIGHTxWIDTH (default 840x640)")
     show.add_argument("--episode", action="store_true", help="play an episode and write an animated GIF")
-    show.add_argument("--steps", type=int, default=100)
-    show.add_argument("--fps", type=float, default=4.0)
+    show.add_argument("--steps", type=int, default=100, help="--episode: moves at the most")
+    show.add_argument("--fps", type=float, default=4.0, help="--episode: frames per second of the GIF")
     policy_args(show)
     show.set_defaults(fn=cmd_gym_show, policy="oracle")
 
     bench = gym.add_parser("bench", help="speed of the envs, scoring and state sampling (spec section 8)")
-    bench.add_argument("--game", nargs="+", default=["all"])
+    bench.add_argument("--game", nargs="+", default=["all"], help="game names, or 'all'")
     bench.add_argument("--seconds", type=float, default=2.0, help="time spent stepping each game")
     bench.add_argument("--json", action="store_true", help="one JSON object per game")
     bench.set_defaults(fn=cmd_gym_bench)
@@ -488,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pipeline-name", default="g1", help="the KFP pipeline the version goes under")
         _pod_setting_args(p)
         if config:
-            p.add_argument("--experiment", default="g1")
+            p.add_argument("--experiment", default="g1", help="the KFP experiment the runs go under")
             p.add_argument(
                 "--service-account", default=None, help="pods' service account (g1-pipeline-runner)"
             )
@@ -499,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.set_defaults(fn=cmd_pipeline_upload)
     sub = pipe_cmds.add_parser("submit", help="start a run on a Kubeflow Pipelines server")
     api_args(sub)
-    sub.add_argument("--run-name", default=None)
+    sub.add_argument("--run-name", default=None, help="the KFP run's name (default: the config's name)")
     sub.add_argument(
         "--if-idle", action="store_true", help="start nothing while a run of the experiment has not ended"
     )

@@ -574,6 +574,6 @@ def register_cli(subparsers) -> None:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--dir", type=Path, default=None, help="stack folder (default ./g1-work/stack)")
         if name == "up":
-            sub.add_argument("--s3-port", type=int, default=8333)
-            sub.add_argument("--mlflow-port", type=int, default=5000)
+            sub.add_argument("--s3-port", type=int, default=8333, help="S3 (SeaweedFS) port on 127.0.0.1")
+            sub.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server port on 127.0.0.1")
         sub.set_defaults(fn=_cli_errors(fn))

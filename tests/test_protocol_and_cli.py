@@ -128,3 +128,26 @@ def test_cli_bad_input_is_a_clear_error(caplog):
     assert "reward-greedy only" in caplog.text
     assert main(["gym", "play", "--game", "2048", "--policy", "reward-greedy", "--reward", "survival"]) == 2
     assert "NAME=WEIGHT" in caplog.text
+
+
+def test_every_command_and_option_says_what_it_does():
+    """`g1 ... --help` explains every subcommand and every option (issue 19): none is left bare."""
+    import argparse
+
+    from g1core.cli import build_parser
+
+    bare = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not helps.get(name):
+                        bare.append(" ".join([*path, name]))
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                bare.append(" ".join([*path, *action.option_strings]) or action.dest)
+
+    walk(build_parser(), ["g1"])
+    assert bare == []
