@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import PipelineConfig
-from .tracking import PIPELINE_TAG, ROLE_TAG, STAGE_TAG, StageRun, Tracker, metric_key
+from .tracking import PIPELINE_TAG, ROLE_TAG, STAGE_TAG, StageRun, Tracker, metric_key, versions_made_by
 
 log = logging.getLogger(__name__)
 
 SCORE, SCORE_SE = "score/", "score_se/"
 G1_REWARD = "train.rewards/game/mean"  # the GRPO stages' game reward per logged step
+
+
+def evaluation_protocol(cfg: PipelineConfig) -> str:
+    """The protocol scores were measured under (games aside): ``<runs>x<steps> seed <seed>``; scores compare
+    only under the same one."""
+    e = cfg.evaluate
+    return f"{e.runs}x{e.steps} seed {e.seed}"
 
 
 def headline_params(cfg: PipelineConfig) -> dict[str, str]:
@@ -54,7 +61,7 @@ def headline_params(cfg: PipelineConfig) -> dict[str, str]:
         "grpo.steps": cfg.grpo.steps,
         "grpo.seed": cfg.grpo.seed,
         "evaluate.games": ",".join(cfg.evaluate.games),
-        "evaluate.protocol": f"{cfg.evaluate.runs}x{cfg.evaluate.steps} seed {cfg.evaluate.seed}",
+        "evaluate.protocol": evaluation_protocol(cfg),
     }
     params.update({f"grpo.reward.{k}": v for k, v in sorted(cfg.grpo.reward_weights.items())})
     return {k: "default" if v is None else str(v) for k, v in params.items()}
@@ -118,19 +125,14 @@ def _tag_versions(
     ``score_se/<game>``) and the evaluation protocol they were measured under."""
     from .stages import MODEL_STAGES, registered_name
 
-    protocol = f"{cfg.evaluate.runs}x{cfg.evaluate.steps} seed {cfg.evaluate.seed}"
     for stage in MODEL_STAGES:
         label = next((p.label for p in cfg.evaluate.policies if p.kind == "hf" and p.model == stage), None)
         name = registered_name(cfg, stage)
-        versions = [
-            v
-            for v in tracker.client.search_model_versions(f"name = '{name}'")
-            if v.tags.get(PIPELINE_TAG) == pipeline_run_id and v.tags.get(STAGE_TAG) == stage
-        ]
+        versions = versions_made_by(tracker.client, name, pipeline_run_id, stage)
         if label is None or not versions:
             continue
         suffix = "/" + metric_key(label)
-        tags = {"g1.protocol": protocol}
+        tags = {"g1.protocol": evaluation_protocol(cfg)}
         for key, value in metrics.items():
             if key.startswith((SCORE, SCORE_SE)) and key.endswith(suffix):
                 tags[key[: -len(suffix)]] = f"{value:.6g}"

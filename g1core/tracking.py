@@ -203,11 +203,7 @@ class StageRun:
         except MlflowException as err:
             if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
                 raise
-        same = [
-            v
-            for v in self.client.search_model_versions(f"name = '{name}'")
-            if all(v.tags.get(k) == tags.get(k) for k in (PIPELINE_TAG, STAGE_TAG))
-        ]
+        same = versions_made_by(self.client, name, tags.get(PIPELINE_TAG, ""), tags.get(STAGE_TAG, ""))
         if same:
             version = max(same, key=lambda v: int(v.version)).version
         else:
@@ -218,6 +214,15 @@ class StageRun:
         self.client.set_registered_model_alias(name, alias, version)
         log.info("registered %s version %s (@%s) -> %s", name, version, alias, uri)
         return str(version)
+
+
+def versions_made_by(client: MlflowClient, name: str, pipeline_run_id: str, stage: str) -> list:
+    """The versions of registered model ``name`` that ``stage`` of pipeline run ``pipeline_run_id`` made."""
+    return [
+        v
+        for v in client.search_model_versions(f"name = '{name}'")
+        if v.tags.get(PIPELINE_TAG) == pipeline_run_id and v.tags.get(STAGE_TAG) == stage
+    ]
 
 
 def model_version_uri(reference: str, uri: str | None = None) -> str:

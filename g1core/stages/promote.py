@@ -23,7 +23,8 @@ from typing import Any
 
 from .. import storage
 from ..config import PipelineConfig, PolicyConfig
-from ..tracking import PIPELINE_TAG, STAGE_TAG, Tracker, metric_key
+from ..runs import evaluation_protocol
+from ..tracking import PIPELINE_TAG, STAGE_TAG, Tracker, metric_key, versions_made_by
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,6 @@ def _teacher(cfg: PipelineConfig) -> str:
     raise ValueError("promote: no teacher among the evaluation players; set promote.teacher")
 
 
-def protocol(cfg: PipelineConfig) -> str:
-    e = cfg.evaluate
-    return f"{e.runs}x{e.steps} seed {e.seed}"
-
-
 def _replay(cfg: PipelineConfig, model: str, version: str, player: PolicyConfig, progress: bool):
     """The champion's (mean, se) per game under this run's protocol, played here."""
     from ..gym.protocol import play
@@ -156,11 +152,7 @@ def run(cfg: PipelineConfig, output_uri: str, progress: bool = True, pipeline_ru
     tracker = Tracker(cfg.tracking.experiment)
     client = tracker.client
     name = registered_name(cfg, p.stage)
-    mine = [
-        v
-        for v in client.search_model_versions(f"name = '{name}'")
-        if v.tags.get(PIPELINE_TAG) == pipeline_run_id and v.tags.get(STAGE_TAG) == p.stage
-    ]
+    mine = versions_made_by(client, name, pipeline_run_id, p.stage)
     if not mine:
         raise ValueError(
             f"pipeline run {pipeline_run_id!r} registered no version of {name}: nothing to promote"
@@ -190,12 +182,12 @@ def run(cfg: PipelineConfig, output_uri: str, progress: bool = True, pipeline_ru
             for k, v in stored.items()
             if k.startswith("score/")
         }
-        if stored.get("g1.protocol") != protocol(cfg) or not set(cand) <= set(champ):
+        if stored.get("g1.protocol") != evaluation_protocol(cfg) or not set(cand) <= set(champ):
             log.info("champion %s@%s was scored under %r, not %r: playing it again",
-                     name, champion, stored.get("g1.protocol"), protocol(cfg))  # fmt: skip
+                     name, champion, stored.get("g1.protocol"), evaluation_protocol(cfg))  # fmt: skip
             champ, decision.champion_replayed = _replay(cfg, name, champion, player, progress), True
             decision.reasons.append(
-                f"the champion was played again under this run's protocol ({protocol(cfg)})"
+                f"the champion was played again under this run's protocol ({evaluation_protocol(cfg)})"
             )
         promote, reasons, games, mean, se = decide(cand, champ, teacher, p.margin_se, p.worse_se)
         decision.promote, decision.games, decision.mean_diff, decision.mean_diff_se = promote, games, mean, se
