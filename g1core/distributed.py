@@ -324,11 +324,22 @@ def main(argv: list[str] | None = None) -> int:
         report = spec_path.parent / ERROR_GLOB.replace("*", str(rank()))
         report.write_text(traceback.format_exc())
         raise
+    end_world()
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def end_world() -> None:
+    """After a rank's work succeeded: wait for the others, then destroy the process group.
+
+    A rank that exits with its gloo group alive while another still saves can abort in gloo's destructor
+    ("terminate called without an active exception", pytorch/pytorch#190489), and the launch then fails. Only
+    on success: a destroy while another rank died mid-collective would hang instead (torchtitan#1342).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
 
 
 def settle_deepspeed_accelerator() -> None:
@@ -343,3 +354,7 @@ def settle_deepspeed_accelerator() -> None:
 
     if not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
