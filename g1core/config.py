@@ -471,6 +471,12 @@ class GrpoConfig(TrainingSettings):
         "back at the next generation, the weights synced from the policy as every step does anyway): the "
         "update then has vLLM's share of the GPU for its activations. The 7B recipe needs it on 80 GB.",
     )
+    g0_overrides: dict[str, Any] = Field(
+        default={},
+        description="Fields of this section set otherwise for the G0 branch (GRPO from the base model), e.g. "
+        "{max_train_minutes: 3}: G0 is the paper's ablation, and a short run shows where the base model "
+        "starts without costing what G1's run does; empty = G0 trains as G1 does.",
+    )
     # ---- defaults of the shared settings that differ for RL ----
     learning_rate: float = Field(default=1e-6, gt=0, description="Learning rate (paper: 1e-6 constant).")
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
@@ -496,7 +502,27 @@ class GrpoConfig(TrainingSettings):
                 f"states_per_step * num_generations ({answers}) must be a multiple of batch_size "
                 f"({self.batch_size}): each step's answers are split into forward passes of that size"
             )
+        if self.g0_overrides:
+            self.for_branch("g0")  # G0's settings must hold too, and fail at load, not when G0 starts
         return self
+
+    @field_validator("g0_overrides")
+    @classmethod
+    def _g0_fields(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(overrides) - (set(cls.model_fields) - {"g0_overrides"}))
+        if unknown:
+            raise ValueError(f"{unknown} are not grpo fields (a G0 override sets a field of this section)")
+        return overrides
+
+    def for_branch(self, branch: str) -> GrpoConfig:
+        """The settings of the ``g0`` or ``g1`` branch: G0's are this section with ``g0_overrides`` set."""
+        if branch != "g0" or not self.g0_overrides:
+            return self
+        fields = {**self.model_dump(exclude_unset=True), **self.g0_overrides, "g0_overrides": {}}
+        try:
+            return type(self).model_validate(fields)
+        except ValidationError as err:
+            raise ConfigError(f"grpo.g0_overrides: {_explain(err)}") from None
 
     def recipe(self) -> dict[str, Any]:
         """The loss settings in force: the preset's, with every field set here taking precedence."""

@@ -105,6 +105,13 @@ def stage_inputs(
     return kwargs
 
 
+def stage_config(cfg: PipelineConfig, stage: str) -> PipelineConfig:
+    """The config ``stage`` runs with: G0's grpo section carries ``grpo.g0_overrides``."""
+    if stage in ("g0", "g1"):
+        return cfg.model_copy(update={"grpo": cfg.grpo.for_branch(stage)})
+    return cfg
+
+
 def _section(cfg: PipelineConfig, stage: str) -> dict:
     dumped = cfg.model_dump(mode="json")
     section = STAGE_CODE.get(stage, stage)
@@ -136,6 +143,7 @@ def run_stage(
     from ..tracking import Tracker, flatten
 
     module = import_module(f"{__name__}.{STAGE_CODE.get(stage, stage)}")
+    cfg = stage_config(cfg, stage)
     uri = output_uri or stage_uri(cfg, pipeline_run_id, stage, artifact_root)
     tracker = Tracker(cfg.tracking.experiment)
     try:
