@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # deepspeed (dev extra) installs without building any C++ op; its CPU path needs none
 export DS_BUILD_OPS := 0
 
-.PHONY: install run test test-containers bench bench-containers paper-shapes gpu-check images lint lock clean
+.PHONY: install run learn test test-containers bench bench-containers paper-shapes gpu-check images lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ install: $(STAMP)
 # embedded local-tiny preset. Outputs, the MLflow store and KFP's files land in g1-work/.
 run: $(STAMP)
 	$(BIN)/g1 pipeline run --local --config local-tiny
+
+# The recipe learning through the same pipeline (~35 min on 2 CPU cores): SFT reads the 2x2 2048 board, GRPO
+# takes G1 past its teacher; the figures in docs/findings.md.
+learn: $(STAMP)
+	$(BIN)/g1 pipeline run --local --config local-learn
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -176,7 +176,9 @@ def add_set_flag(p, help: str) -> None:
 
 
 def _config_args(p) -> None:
-    p.add_argument("--config", default="local-tiny", help="a YAML file or a preset (local-tiny, g1-paper)")
+    from g1core.config import presets
+
+    p.add_argument("--config", default="local-tiny", help=f"a YAML file or a preset ({', '.join(presets())})")
     add_set_flag(p, "override a config field, e.g. distill.states_per_game=10 (repeatable)")
 
 

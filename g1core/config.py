@@ -619,16 +619,19 @@ def _explain(err: ValidationError) -> str:
 
 
 def resolve_preset(path: str | Path) -> Path:
-    """A config file path, or the name of a preset in configs/ (``local-tiny``, ``g1-paper``)."""
+    """A config file path, or the name of a preset in configs/ (:func:`presets`)."""
     p = Path(path)
     if p.is_file():
         return p
     preset = CONFIG_DIR / f"{path}.yaml"
     if preset.is_file():
         return preset
-    raise ConfigError(
-        f"config {path!r} not found (presets: {', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})"
-    )
+    raise ConfigError(f"config {path!r} not found (presets: {', '.join(presets())})")
+
+
+def presets() -> list[str]:
+    """The preset names: local-tiny (smoke, minutes), local-learn (learning on a CPU), g1-paper (the 7B)."""
+    return sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -90,6 +90,8 @@ def headline_metrics(tracker: Tracker, pipeline_run_id: str, runs_per_game: int)
             if key.endswith("/mean") and f"{key[:-5]}/std" in m:
                 out[SCORE + key[:-5]] = mean
                 out[SCORE_SE + key[:-5]] = m[f"{key[:-5]}/std"] / math.sqrt(max(runs_per_game, 1))
+            elif key.startswith("training/") or "-vs-" in key:  # what the run learned (stages/learning.py)
+                out[key] = m[key]
     if "sft" in newest and "heldout.perception_exact" in newest["sft"].data.metrics:
         out["sft/perception_exact"] = newest["sft"].data.metrics["heldout.perception_exact"]
     if "g1" in newest:
@@ -240,6 +242,39 @@ def chart(table: Comparison) -> bytes:
 
 
 # ---- what a local pipeline run ends by showing -----------------------------------------------------------
+# SFT's held-out perception exact-match under which a tiny-model run has not learned to read its boards
+SMOKE_BELOW = 0.9
+
+
+def _learned(report_uri: str) -> dict:
+    """The evaluation's learning.json (training curves, the candidate's margins); {} when absent."""
+    import json
+
+    from . import storage
+    from .stages.learning import LEARNING_FILE
+
+    path = storage.join(report_uri, LEARNING_FILE)
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
+
+
+def learned_lines(learned: dict) -> list[str]:
+    """A line per training curve (start -> end) and one per game for the candidate's margins."""
+    lines = []
+    for r in learned.get("training", []):
+        best = f", best {r['best']:.3g}" if "best" in r else ""
+        lines.append(
+            f"{r['stage']}: {r['measure']} {r['start']:.3g} -> {r['end']:.3g}{best} ({r['steps']} steps)"
+        )
+    by_game: dict[str, list[str]] = {}
+    for d in learned.get("differences", []):
+        by_game.setdefault(d["game"], []).append(
+            f"{d['other']} {d['diff']:+.3g} ± {d['se']:.2g} ({d['z']:+.1f} se)"
+        )
+    for game, items in by_game.items():
+        lines.append(f"{learned['candidate']} against the others on {game}: " + ", ".join(items))
+    return lines
+
+
 def run_summary(
     cfg: PipelineConfig, report_uri: str, tracking: str
 ) -> tuple[list[str], list[list[str]], list[str]]:
@@ -265,11 +300,14 @@ def run_summary(
             row.append(f"{float(r['mean']):.3g} ± {float(r['std']) / math.sqrt(runs):.2g}" if r else "-")
         rows.append(row)
     notes = [f"evaluation: {runs} runs x {cfg.evaluate.steps} steps per game; score ± standard error"]
-    if cfg.model.name_or_path == "tiny":
+    learned = _learned(report_uri)
+    notes += learned_lines(learned)
+    read = {r["stage"]: r["end"] for r in learned.get("training", [])}.get("sft", 0.0)
+    if cfg.model.name_or_path == "tiny" and read < SMOKE_BELOW:
         notes.append(
             "this is the smoke scale (a random-weight tiny model, a few training steps): the scores say the "
-            "pipeline ran, not that it learned; `g1 bench sft` and `g1 bench grpo` show learning "
-            "(docs/benchmarks.md, docs/findings.md)"
+            "pipeline ran, not that it learned; `g1 pipeline run --local --config local-learn` (~35 min on "
+            "2 cores) shows the recipe learning (docs/findings.md)"
         )
     notes.append(f"report and plots: {report_uri} (report.md, table.md, plot-*.png)")
     if tracking.startswith("sqlite:///"):

@@ -83,3 +83,34 @@ def test_training_sections_reject_negative_or_all_zero_game_weights():
         with pytest.raises(ConfigError, match="at least one weight"):
             load_config(None, [f"{section}.game_weights={{'2048': 0}}"])
     assert load_config(None, ["sft.game_weights={'2048': 0, 'swap': 1}"]).sft.game_weights["swap"] == 1
+
+
+def test_local_learn_is_the_grpo_benchs_recipe():
+    """configs/local-learn.yaml says it runs `g1 bench grpo --reward survival=2 --reward legal=1 --set
+    beta=0.3` through the pipeline, with three changes it names: the rest must stay the bench's."""
+    from g1core.bench.grpo import BENCH_GRPO, BENCH_GRPO_GAME, TEACHER_SKILL
+    from g1core.bench.settings import BENCH_GAMES, BENCH_SFT, bench_screen
+    from g1core.gym.pool import GameSpec
+
+    cfg = load_config("local-learn")
+    spec = GameSpec.parse(BENCH_GRPO_GAME)
+    screen = bench_screen(spec)
+    assert cfg.distill.gym.games == cfg.grpo.gym.games == cfg.evaluate.games == [BENCH_GRPO_GAME]
+    assert cfg.distill.gym.screen_size == cfg.grpo.gym.screen_size == cfg.evaluate.screen_size == screen
+    assert cfg.distill.teacher.skill == TEACHER_SKILL and cfg.distill.teacher.kind == "oracle"
+    assert cfg.model.name_or_path == "tiny"
+    assert cfg.model.pixels.min_pixels == load_config(None).model.pixels.min_pixels  # the bench's screen size
+    # what the preset changes, each said in its comments: SFT shorter, GRPO's rate doubled and its time longer
+    assert cfg.sft.max_train_minutes < BENCH_GAMES[spec.game].minutes
+    assert (cfg.grpo.learning_rate, cfg.grpo.max_train_minutes) == (2 * BENCH_GRPO["learning_rate"], 15)
+    for key, value in BENCH_SFT.items():
+        if key not in ("eval_every", "log_every"):  # how often it measures, not how it trains
+            assert getattr(cfg.sft, key) == value, key
+    for key, value in BENCH_GRPO.items():
+        if key != "learning_rate":
+            assert getattr(cfg.grpo, key) == value, key
+    assert cfg.grpo.reward_weights == {"game": 1, "format": 1, "perception": 0, "survival": 2, "legal": 1}
+    assert cfg.grpo.recipe()["beta"] == 0.3
+    assert [p.label for p in cfg.evaluate.policies] == [
+        "random", "oracle@0.5", "base-tiny", "sft-tiny", "g0-tiny", "g1-tiny"
+    ]  # fmt: skip

@@ -149,6 +149,7 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
         "grpo.num_generations=2",
         "grpo.batch_size=4",
         "grpo.max_new_tokens=8",
+        "grpo.g0_overrides={steps: 1}",
         "evaluate.games=[2048]",
         "evaluate.runs=1",
         "evaluate.steps=2",
@@ -161,6 +162,10 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     # the run ends by telling: the evaluation's table, the scale it ran at, where to look next
     summary = done.stderr[done.stderr.rindex("pipeline g1-local: the evaluation") :]
     assert "g1-tiny" in summary and "±" in summary and "smoke scale" in summary
+    assert (
+        "sft: held-out perception exact-match 0 -> 0" in summary
+        and "g1-tiny against the others on 2048" in summary
+    )
     assert (
         f"report and plots: {report_uri}" in summary and "mlflow ui --backend-store-uri sqlite:///" in summary
     )
@@ -185,7 +190,14 @@ def test_local_kfp_run_of_the_whole_dag(tmp_path):
     assert json.loads((run_dir / "sft" / "result.json").read_text())["steps"] == 2
     g1_result = json.loads((run_dir / "g1" / "result.json").read_text())
     assert g1_result["steps"] == 2 and g1_result["start_model"] == str(model)  # G1 starts from SFT
-    assert json.loads((run_dir / "g0" / "result.json").read_text())["start_model"] == "tiny"
+    g0_result = json.loads((run_dir / "g0" / "result.json").read_text())
+    assert g0_result["start_model"] == "tiny" and g0_result["steps"] == 1  # G0 with its own overrides
+    # what the run learned: the training curves and the candidate's margins, in the report and beside it
+    learned = json.loads(storage.read_bytes(storage.join(report_uri, "learning.json")))
+    assert {r["stage"]: r["steps"] for r in learned["training"]} == {"sft": 2, "g0": 1, "g1": 2}
+    assert learned["candidate"] == "g1-tiny" and len(learned["differences"]) == 5
+    assert "## Training" in report and "## g1-tiny against the other players" in report
+    assert storage.exists(storage.join(report_uri, "plot-training.png"))
 
     rows = runs_table("g1-local", run_id, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     stages = sorted((r["stage"], r["status"]) for r in rows)

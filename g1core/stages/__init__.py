@@ -32,7 +32,7 @@ REPORT_FILES = {
     "sft": ("result.json",),
     "g0": ("result.json",),
     "g1": ("result.json",),
-    "evaluate": ("report.md", "table.md", "table.csv", "results.json"),
+    "evaluate": ("report.md", "table.md", "table.csv", "results.json", "learning.json"),
     "promote": ("decision.md", "decision.json"),
 }
 # Stages that train a model, kept under MODEL_DIR of their output; an evaluation player names one
@@ -56,7 +56,10 @@ class Input:
 STAGE_INPUTS: dict[str, dict[str, Input]] = {
     "sft": {"dataset_uri": Input(("distill",), needs="manifest.jsonl")},
     "g1": {"model_uri": Input(("sft",), sub=MODEL_DIR, needs="config.json")},
-    "evaluate": {"models": Input(MODEL_STAGES, sub=MODEL_DIR, several=True)},
+    "evaluate": {
+        "models": Input(MODEL_STAGES, sub=MODEL_DIR, several=True),
+        "training": Input(MODEL_STAGES, several=True),  # their result.json: the report's training curves
+    },
 }
 
 

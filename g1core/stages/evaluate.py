@@ -26,6 +26,7 @@ from ..gym import make
 from ..gym.pool import GameSpec
 from ..gym.protocol import ProtocolResult, play
 from ..policies import build_policy, usage
+from . import learning
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class EvaluateResult:
     uri: str
     results: list[ProtocolResult] = field(default_factory=list)
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per player: tokens, cost, speed
+    training: dict[str, str] = field(default_factory=dict)  # training stage -> its output (result.json)
+    learned: dict = field(default_factory=dict)  # learning.json: the training curves, the candidate's margins
 
     def table(self) -> list[dict]:
         rows = []
@@ -163,7 +166,12 @@ def usage_lines(usage: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[dict], cfg: PipelineConfig, usage: dict[str, dict[str, float]] | None = None) -> str:
+def report(
+    rows: list[dict],
+    cfg: PipelineConfig,
+    usage: dict[str, dict[str, float]] | None = None,
+    learned: dict | None = None,
+) -> str:
     e = cfg.evaluate
     games = list(dict.fromkeys(r["game"] for r in rows))
     paper = ["| model | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
@@ -179,6 +187,7 @@ def report(rows: list[dict], cfg: PipelineConfig, usage: dict[str, dict[str, flo
         f"(seeds {e.seed}..{e.seed + e.runs - 1}). 2048: sum of merge rewards; Shisen-Sho: pairs removed; "
         "Swap: legal swaps per 100 steps.\n\n## Our players\n\n"
         f"{markdown_table(rows)}\n\n![every game]({COMPARISON_PLOT})\n\n{plots}\n\n"
+        + (f"{learning.markdown(learned)}\n" if learned and learning.markdown(learned) else "")
         + (f"## What the players used\n\n{usage_lines(usage)}\n\n" if usage and usage_lines(usage) else "")
         + "## The paper (for reference, Qwen2.5-VL-7B scale)\n\n"
         + "\n".join(paper)
@@ -222,13 +231,15 @@ def run(
     policies: list[PolicyConfig] | None = None,
     progress: bool = True,
     models: Mapping[str, str] | None = None,
+    training: Mapping[str, str] | None = None,
 ) -> EvaluateResult:
     """Play every game with every policy under the protocol and write the report to ``output_uri``.
 
     ``models`` maps training stages to the URIs of their models, for players that name a stage
-    (:func:`stage_models`). Every player is built and preflighted on every game before the first move,
-    and the outputs are rewritten after each player, so a failure late in the run keeps what was
-    measured before it.
+    (:func:`stage_models`); ``training`` maps them to their outputs, whose histories give the report's
+    training curves (:mod:`.learning`). Every player is built and preflighted on every game before the
+    first move, and the outputs are rewritten after each player, so a failure late in the run keeps what
+    was measured before it.
     """
     e = cfg.evaluate
     configs = stage_models(policies if policies is not None else e.policies, models)
@@ -240,7 +251,7 @@ def run(
         for player in players:
             if hasattr(player, "check"):
                 player.check(env)
-    result = EvaluateResult(output_uri)
+    result = EvaluateResult(output_uri, training=dict(training or {}))
     for player in players:
         for game in e.games:
             result.results.append(play(game, player, e.runs, e.steps, e.seed, tuple(e.screen_size), progress))
@@ -251,9 +262,17 @@ def run(
 
 
 def write_outputs(result: EvaluateResult, cfg: PipelineConfig) -> None:
-    """results.json, usage.json, table.md/.csv, one plot per game and report.md under the result's URI."""
+    """results.json, usage.json, table.md/.csv, one plot per game, learning.json with the training curves
+    and the candidate's margins (and their plot), and report.md under the result's URI."""
     uri = result.uri
     rows = result.table()
+    result.learned = learning.learning(cfg, rows, result.training)
+    storage.write_bytes(
+        storage.join(uri, learning.LEARNING_FILE), json.dumps(result.learned, indent=2).encode()
+    )
+    curves = learning.plot(learning.read_histories(result.training))
+    if curves is not None:
+        storage.write_bytes(storage.join(uri, learning.TRAINING_PLOT), curves)
     storage.write_bytes(
         storage.join(uri, "results.json"),
         json.dumps([r.to_dict() for r in result.results], indent=2).encode(),
@@ -271,7 +290,9 @@ def write_outputs(result: EvaluateResult, cfg: PipelineConfig) -> None:
             storage.join(uri, f"plot-{name}.png"), plot_game(game, [r for r in rows if r["game"] == game])
         )
     storage.write_bytes(storage.join(uri, COMPARISON_PLOT), plot_comparison(rows))
-    storage.write_bytes(storage.join(uri, "report.md"), report(rows, cfg, result.usage).encode())
+    storage.write_bytes(
+        storage.join(uri, "report.md"), report(rows, cfg, result.usage, result.learned).encode()
+    )
 
 
 def metrics(result: EvaluateResult) -> dict[str, float]:
@@ -283,6 +304,7 @@ def metrics(result: EvaluateResult) -> dict[str, float]:
     for player, numbers in result.usage.items():
         for key, value in numbers.items():
             out[metric_name(player, "usage", key)] = float(value)
+    out.update(learning.metrics(result.learned) if result.learned else {})
     return out
 
 
