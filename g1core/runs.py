@@ -260,10 +260,11 @@ def _learned(report_uri: str) -> dict:
 def learned_lines(learned: dict) -> list[str]:
     """A line per training curve (start -> end) and one per game for the candidate's margins."""
     lines = []
+    from .stages.learning import trend
+
     for r in learned.get("training", []):
-        best = f", best {r['best']:.3g}" if "best" in r else ""
         lines.append(
-            f"{r['stage']}: {r['measure']} {r['start']:.3g} -> {r['end']:.3g}{best} ({r['steps']} steps)"
+            f"{r['stage']}: {r['measure']} {r['start']:.3g} -> {r['end']:.3g}{trend(r)} ({r['steps']} steps)"
         )
     by_game: dict[str, list[str]] = {}
     for d in learned.get("differences", []):

@@ -38,6 +38,12 @@ def test_training_rows_read_each_stages_curve(tmp_path):
     # the first and last tenth of 40 steps: 4 steps each
     assert rows["g1"]["start"] == pytest.approx(0.0) and rows["g1"]["end"] == pytest.approx(0.3)
     assert rows["g1"]["steps"] == 40 and "best" not in rows["g1"]
+    # the trend: a least-squares line through every step, its rise from the first step to the last ± se
+    assert learning.rise([(s, 0.5 + 0.01 * s) for s in range(1, 41)]) == pytest.approx((0.39, 0.0), abs=1e-12)
+    noisy = [(s, 0.01 * s + (0.2 if s % 2 else -0.2)) for s in range(1, 101)]
+    up, se = learning.rise(noisy)
+    assert up == pytest.approx(0.99, abs=0.03) and se == pytest.approx(0.2 / math.sqrt(83325) * 99, rel=0.05)
+    assert rows["g1"]["rise"] > 0 and "least-squares rise +" in learning.trend(rows["g1"])
     png = learning.plot(histories)
     assert png.startswith(b"\x89PNG")
     assert learning.plot({}) is None
@@ -120,6 +126,6 @@ def test_the_closing_summary_quotes_what_was_learned(tmp_path, read, smoke):
         load_config("local-learn", ["evaluate.runs=100"]), report, "sqlite:////x/mlflow.db"
     )
     assert header == ["player", "2048:size=2"] and rows[1] == ["g1-tiny", "50 ± 2"]
-    assert f"sft: held-out perception exact-match 0 -> {read:.3g}, best {read:.3g} (900 steps)" in notes
+    assert f"sft: held-out perception exact-match 0 -> {read:.3g}; best {read:.3g} (900 steps)" in notes
     assert "g1-tiny against the others on 2048:size=2: oracle@0.5 +10 ± 2.8 (+3.5 se)" in notes
     assert any("smoke scale" in n for n in notes) == smoke

@@ -54,9 +54,24 @@ def _edge(values: list[float], first: bool) -> float:
     return float(np.mean(values[:n] if first else values[-n:]))
 
 
+def rise(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """The least-squares line's rise from the first step to the last, and its standard error: a noisy
+    per-step series (each step's states are new) rises or not by its trend, not by a window at each end."""
+    if len(points) < 3:
+        return float("nan"), float("nan")
+    x, y = np.array(points, dtype=float).T
+    span, dx = x[-1] - x[0], x - x.mean()
+    if not dx.any():
+        return float("nan"), float("nan")
+    slope = float(dx @ (y - y.mean()) / (dx @ dx))
+    residual = y - y.mean() - slope * dx
+    se = math.sqrt(float(residual @ residual) / (len(y) - 2) / float(dx @ dx))
+    return float(slope * span), float(se * span)
+
+
 def training_rows(histories: Mapping[str, list[dict]]) -> list[dict]:
     """A row per training stage: its curve's start and end (SFT: the first and last held-out evaluation and
-    the best; GRPO: the means of the first and last tenth of the steps)."""
+    the best; GRPO: the means of the first and last tenth of the steps, and the least-squares rise)."""
     rows = []
     for stage, history in histories.items():
         points = curve(stage, history)
@@ -68,8 +83,18 @@ def training_rows(histories: Mapping[str, list[dict]]) -> list[dict]:
             row.update(start=values[0], end=values[-1], best=max(values))
         else:
             row.update(start=_edge(values, first=True), end=_edge(values, first=False))
+            row["rise"], row["rise_se"] = rise(points)
         rows.append(row)
     return rows
+
+
+def trend(row: dict) -> str:
+    """``; best X`` for SFT, ``; least-squares rise +X ± se`` for a GRPO row."""
+    if "best" in row:
+        return f"; best {row['best']:.3g}"
+    if math.isfinite(row.get("rise", math.nan)):
+        return f"; least-squares rise {row['rise']:+.3g} ± {row['rise_se']:.2g}"
+    return ""
 
 
 def candidate(cfg: PipelineConfig) -> str | None:
@@ -118,13 +143,18 @@ def markdown(found: dict) -> str:
     if found["training"]:
         lines = ["| stage | measure | start | end | steps |", "|---|---|---|---|---|"]
         for r in found["training"]:
-            best = f" (best {r['best']:.3g})" if "best" in r else ""
-            lines.append(
-                f"| {r['stage']} | {r['measure']} | {r['start']:.3g} | {r['end']:.3g}{best} | {r['steps']} |"
+            cells = (
+                r["stage"],
+                r["measure"],
+                f"{r['start']:.3g}",
+                f"{r['end']:.3g}{trend(r)}",
+                str(r["steps"]),
             )
+            lines.append("| " + " | ".join(cells) + " |")
         parts.append(
             "## Training\n\nSFT: held-out perception exact-match at its first and last evaluation. GRPO: the "
-            "game reward per step, mean of the first and the last tenth of the steps.\n\n"
+            "game reward per step, mean of the first and the last tenth of the steps, and the rise of its "
+            "least-squares line from the first step to the last (± standard error).\n\n"
             + "\n".join(lines)
             + f"\n\n![training]({TRAINING_PLOT})\n"
         )
@@ -146,8 +176,9 @@ def metrics(found: dict) -> dict[str, float]:
 
     out = {}
     for r in found["training"]:
-        out[f"training/{r['stage']}/start"] = r["start"]
-        out[f"training/{r['stage']}/end"] = r["end"]
+        for key in ("start", "end", "rise", "rise_se"):
+            if key in r and math.isfinite(r[key]):
+                out[f"training/{r['stage']}/{key}"] = r[key]
     for d in found["differences"]:
         for key in ("diff", "se"):
             out[metric_key(d["game"], f"{d['player']}-vs-{d['other']}", key)] = d[key]
