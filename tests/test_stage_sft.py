@@ -91,7 +91,10 @@ def test_inputs_default_to_the_same_run_and_can_be_pointed_elsewhere(tmp_path):
     assert stage_inputs("distill", cfg, "r1", str(tmp_path)) == {}
     run = tmp_path / "g1-local" / "r1"
     assert stage_inputs("evaluate", cfg, "r1", str(tmp_path)) == {
-        "models": {stage: str(run / stage / "model") for stage in ("sft", "g0", "g1")}
+        "models": {stage: str(run / stage / "model") for stage in ("sft", "g0", "g1")},
+        "training": {
+            stage: str(run / stage) for stage in ("sft", "g0", "g1")
+        },  # their curves, for the report
     }
     with pytest.raises(FileNotFoundError, match="g1 needs model_uri: no config.json under"):
         stage_inputs("g1", cfg, "r1", str(tmp_path))  # G1 starts from the sft stage's model
@@ -100,6 +103,8 @@ def test_inputs_default_to_the_same_run_and_can_be_pointed_elsewhere(tmp_path):
         "dataset_uri": str(data)
     }
     pointed = stage_inputs("evaluate", cfg, "r1", upstream={"sft": "s3://b/run/sft", "distill": ""})
-    assert pointed["models"]["sft"] == "s3://b/run/sft/model"
+    assert (
+        pointed["models"]["sft"] == "s3://b/run/sft/model" and pointed["training"]["sft"] == "s3://b/run/sft"
+    )
     with pytest.raises(ValueError, match="unknown upstream stage"):
         stage_inputs("sft", cfg, "r1", upstream={"grpo": "s3://b/x"})
