@@ -259,9 +259,9 @@ def _learned(report_uri: str) -> dict:
 
 def learned_lines(learned: dict) -> list[str]:
     """A line per training curve (start -> end) and one per game for the candidate's margins."""
-    lines = []
     from .stages.learning import trend
 
+    lines = []
     for r in learned.get("training", []):
         lines.append(
             f"{r['stage']}: {r['measure']} {r['start']:.3g} -> {r['end']:.3g}{trend(r)} ({r['steps']} steps)"

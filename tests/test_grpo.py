@@ -175,8 +175,9 @@ def test_grpo_trains_logs_every_metric_and_resumes_exactly(tmp_path, s3_prefix):
 
 
 def test_bench_grpo_trains_both_branches_and_scores_every_player(tmp_path):
-    from g1core.bench.grpo import _edge_mean, bench_grpo
+    from g1core.bench.grpo import bench_grpo
     from g1core.gym.rewards import parse_weights
+    from g1core.stages.learning import edge_mean as _edge_mean  # the bench's first/last-tenth mean
 
     assert _edge_mean([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], first=True) == 1.5
     assert _edge_mean([1.0, 2.0, 3.0], first=False) == 3.0

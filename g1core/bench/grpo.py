@@ -24,6 +24,7 @@ import numpy as np
 
 from ..gym.policies import OraclePolicy, Policy, RandomPolicy, RewardGreedyPolicy
 from ..gym.pool import WARMUP_DRAWS, GameSpec
+from ..stages.learning import edge_mean
 from .settings import BENCH_GAMES, BENCH_SFT, MAX_SAMPLES_PER_S, bench_config, bench_screen
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,6 @@ BENCH_GRPO = {  # the tiny model on 2 CPU cores; every field can be overridden (
 # The paper plays 10 runs; on the 2x2 board one run's score has a spread of ~25 points, so 10 runs leave a
 # standard error of ~8, as large as the gaps between the players. 100 runs bring it to ~2.5.
 PROTOCOL_RUNS = 100
-
-
-def _edge_mean(series: list[float], first: bool, share: float = 0.1) -> float:
-    """Mean over the first (or last) ``share`` of a series (at least one value)."""
-    if not series:
-        return float("nan")
-    n = max(1, math.ceil(len(series) * share))
-    return float(np.mean(series[:n] if first else series[-n:]))
 
 
 def stream_game_reward(grpo_cfg, policy, states: int = 512) -> float:
@@ -179,8 +172,8 @@ def bench_grpo(
         result = runs[branch]
         series = [e.get("rewards/game/mean", float("nan")) for e in result.history]
         prefix = f"{start}_start"
-        out[f"game_reward_first_{prefix}"] = _edge_mean(series, first=True)
-        out[f"game_reward_last_{prefix}"] = _edge_mean(series, first=False)
+        out[f"game_reward_first_{prefix}"] = edge_mean(series, first=True)
+        out[f"game_reward_last_{prefix}"] = edge_mean(series, first=False)
         out[f"game_reward_series_{prefix}"] = series
         out[f"steps_{prefix}"] = result.steps
         out[f"train_s_{prefix}"] = result.train_seconds

@@ -62,7 +62,7 @@ class EvaluateResult:
     uri: str
     results: list[ProtocolResult] = field(default_factory=list)
     usage: dict[str, dict[str, float]] = field(default_factory=dict)  # per player: tokens, cost, speed
-    training: dict[str, str] = field(default_factory=dict)  # training stage -> its output (result.json)
+    histories: dict[str, list[dict]] = field(default_factory=dict)  # training stage -> its result's history
     learned: dict = field(default_factory=dict)  # learning.json: the training curves, the candidate's margins
 
     def table(self) -> list[dict]:
@@ -182,12 +182,13 @@ def report(
             + " |"
         )
     plots = "\n".join(f"![{g}](plot-{re.sub(r'[^A-Za-z0-9_.-]', '_', g)}.png)" for g in games)
+    learned_text = learning.markdown(learned) if learned else ""
     return (
         f"# g1 evaluation\n\nProtocol: {e.runs} runs x {e.steps} steps per game from fresh boards "
         f"(seeds {e.seed}..{e.seed + e.runs - 1}). 2048: sum of merge rewards; Shisen-Sho: pairs removed; "
         "Swap: legal swaps per 100 steps.\n\n## Our players\n\n"
         f"{markdown_table(rows)}\n\n![every game]({COMPARISON_PLOT})\n\n{plots}\n\n"
-        + (f"{learning.markdown(learned)}\n" if learned and learning.markdown(learned) else "")
+        + (f"{learned_text}\n" if learned_text else "")
         + (f"## What the players used\n\n{usage_lines(usage)}\n\n" if usage and usage_lines(usage) else "")
         + "## The paper (for reference, Qwen2.5-VL-7B scale)\n\n"
         + "\n".join(paper)
@@ -251,7 +252,10 @@ def run(
         for player in players:
             if hasattr(player, "check"):
                 player.check(env)
-    result = EvaluateResult(output_uri, training=dict(training or {}))
+    result = EvaluateResult(output_uri, histories=learning.read_histories(training))
+    curves = learning.plot(result.histories)  # the training is over: its curves are drawn once
+    if curves is not None:
+        storage.write_bytes(storage.join(output_uri, learning.TRAINING_PLOT), curves)
     for player in players:
         for game in e.games:
             result.results.append(play(game, player, e.runs, e.steps, e.seed, tuple(e.screen_size), progress))
@@ -263,16 +267,13 @@ def run(
 
 def write_outputs(result: EvaluateResult, cfg: PipelineConfig) -> None:
     """results.json, usage.json, table.md/.csv, one plot per game, learning.json with the training curves
-    and the candidate's margins (and their plot), and report.md under the result's URI."""
+    and the candidate's margins, and report.md under the result's URI."""
     uri = result.uri
     rows = result.table()
-    result.learned = learning.learning(cfg, rows, result.training)
+    result.learned = learning.learning(cfg, rows, result.histories)
     storage.write_bytes(
         storage.join(uri, learning.LEARNING_FILE), json.dumps(result.learned, indent=2).encode()
     )
-    curves = learning.plot(learning.read_histories(result.training))
-    if curves is not None:
-        storage.write_bytes(storage.join(uri, learning.TRAINING_PLOT), curves)
     storage.write_bytes(
         storage.join(uri, "results.json"),
         json.dumps([r.to_dict() for r in result.results], indent=2).encode(),

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import storage
-from ..config import PipelineConfig
+from ..config import PipelineConfig, PolicyConfig
 
 LEARNING_FILE = "learning.json"
 TRAINING_PLOT = "plot-training.png"
@@ -31,6 +31,7 @@ CURVES = {
     "g1": ("rewards/game/mean", "game reward per step"),
 }
 SHARE = 0.1  # a GRPO curve's start and end: the mean of its first and last tenth (one step is noisy)
+Histories = Mapping[str, list[dict]]  # training stage -> its result.json history
 
 
 def read_histories(training: Mapping[str, str] | None) -> dict[str, list[dict]]:
@@ -49,8 +50,11 @@ def curve(stage: str, history: list[dict]) -> list[tuple[int, float]]:
     return [(int(e["step"]), float(e[key])) for e in history if key in e and "step" in e]
 
 
-def _edge(values: list[float], first: bool) -> float:
-    n = max(1, math.ceil(len(values) * SHARE))
+def edge_mean(values: list[float], first: bool, share: float = SHARE) -> float:
+    """Mean over the first (or last) ``share`` of a series, at least one value (nan when it is empty)."""
+    if not values:
+        return float("nan")
+    n = max(1, math.ceil(len(values) * share))
     return float(np.mean(values[:n] if first else values[-n:]))
 
 
@@ -69,7 +73,7 @@ def rise(points: list[tuple[int, float]]) -> tuple[float, float]:
     return float(slope * span), float(se * span)
 
 
-def training_rows(histories: Mapping[str, list[dict]]) -> list[dict]:
+def training_rows(histories: Histories) -> list[dict]:
     """A row per training stage: its curve's start and end (SFT: the first and last held-out evaluation and
     the best; GRPO: the means of the first and last tenth of the steps, and the least-squares rise)."""
     rows = []
@@ -82,7 +86,7 @@ def training_rows(histories: Mapping[str, list[dict]]) -> list[dict]:
         if stage == "sft":
             row.update(start=values[0], end=values[-1], best=max(values))
         else:
-            row.update(start=_edge(values, first=True), end=_edge(values, first=False))
+            row.update(start=edge_mean(values, first=True), end=edge_mean(values, first=False))
             row["rise"], row["rise_se"] = rise(points)
         rows.append(row)
     return rows
@@ -97,12 +101,18 @@ def trend(row: dict) -> str:
     return ""
 
 
-def candidate(cfg: PipelineConfig) -> str | None:
-    """The label of ``promote.stage``'s evaluation player (None if no player plays that stage's model)."""
+def candidate_player(cfg: PipelineConfig) -> PolicyConfig | None:
+    """``promote.stage``'s evaluation player (None if no player plays that stage's model)."""
     for p in cfg.evaluate.policies:
         if p.kind == "hf" and p.model == cfg.promote.stage:
-            return p.label
+            return p
     return None
+
+
+def candidate(cfg: PipelineConfig) -> str | None:
+    """The label of ``promote.stage``'s evaluation player (None if there is none)."""
+    player = candidate_player(cfg)
+    return player.label if player else None
 
 
 def differences(table: list[dict], label: str, runs: int) -> list[dict]:
@@ -127,11 +137,11 @@ def differences(table: list[dict], label: str, runs: int) -> list[dict]:
     return out
 
 
-def learning(cfg: PipelineConfig, table: list[dict], training: Mapping[str, str] | None) -> dict:
+def learning(cfg: PipelineConfig, table: list[dict], histories: Histories) -> dict:
     """What ``learning.json`` holds: the training rows and the candidate's differences."""
     label = candidate(cfg)
     return {
-        "training": training_rows(read_histories(training)),
+        "training": training_rows(histories),
         "candidate": label,
         "differences": differences(table, label, cfg.evaluate.runs) if label else [],
     }
@@ -185,7 +195,7 @@ def metrics(found: dict) -> dict[str, float]:
     return out
 
 
-def plot(histories: Mapping[str, list[dict]]) -> bytes | None:
+def plot(histories: Histories) -> bytes | None:
     """SFT's held-out perception curve and the GRPO branches' game reward (raw and its running mean over a
     tenth of the steps) in one figure (PNG bytes; None without any curve)."""
     import matplotlib

@@ -25,6 +25,7 @@ from .. import storage
 from ..config import PipelineConfig, PolicyConfig
 from ..runs import evaluation_protocol
 from ..tracking import PIPELINE_TAG, STAGE_TAG, Tracker, metric_key, versions_made_by
+from .learning import candidate_player
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,14 @@ def _scores(metrics: dict[str, float], label: str, runs: int) -> dict[str, tuple
     return out
 
 
-def _player(cfg: PipelineConfig, stage: str) -> PolicyConfig:
-    for p in cfg.evaluate.policies:
-        if p.kind == "hf" and p.model == stage:
-            return p
-    raise ValueError(
-        f"promote.stage {stage!r}: no evaluation player plays that stage's model (kind: hf, model: {stage})"
-    )
+def _player(cfg: PipelineConfig) -> PolicyConfig:
+    player, stage = candidate_player(cfg), cfg.promote.stage
+    if player is None:
+        raise ValueError(
+            f"promote.stage {stage!r}: no evaluation player plays that stage's model "
+            f"(kind: hf, model: {stage})"
+        )
+    return player
 
 
 def _teacher(cfg: PipelineConfig) -> str:
@@ -158,7 +160,7 @@ def run(cfg: PipelineConfig, output_uri: str, progress: bool = True, pipeline_ru
             f"pipeline run {pipeline_run_id!r} registered no version of {name}: nothing to promote"
         )
     candidate = max(mine, key=lambda v: int(v.version)).version
-    player, teacher_label = _player(cfg, p.stage), _teacher(cfg)
+    player, teacher_label = _player(cfg), _teacher(cfg)
     evaluation = _evaluation_metrics(tracker, pipeline_run_id)
     cand = _scores(evaluation, player.label, cfg.evaluate.runs)
     teacher = {g: m for g, (m, _) in _scores(evaluation, teacher_label, cfg.evaluate.runs).items()}
